@@ -1,0 +1,123 @@
+"""The Ray head of this box: started on loopback, found, and stopped by PID (ours only).
+
+Ray runs single-node here. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` puts Ray in its single-node
+mode on Linux too, which makes it keep 127.0.0.1 as the node address (with the default,
+``ray start --node-ip-address=127.0.0.1`` is rewritten to the host's routable address).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from app.settings import Settings
+
+_MARK = "LLMBOX_RAY_HEAD"
+# A Unix socket path may be at most 107 bytes; Ray puts sockets ~62 bytes below its temp dir.
+_MAX_TEMP_DIR_LEN = 40
+
+
+def temp_dir(settings: Settings) -> Path:
+    """Ray's temp dir: under the state dir, or a short /tmp path when that one is too long."""
+    preferred = settings.state_dir / "ray"
+    if len(str(preferred)) <= _MAX_TEMP_DIR_LEN:
+        return preferred
+    digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:8]
+    return Path(f"/tmp/llmbox-ray-{digest}")
+
+
+def address(settings: Settings) -> str:
+    """The GCS address drivers connect to."""
+    return f"127.0.0.1:{settings.ray_port}"
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """Environment for Ray processes and drivers of this box."""
+    env = dict(os.environ)
+    env.update(
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # single-node mode: the node address stays 127.0.0.1
+        RAY_USAGE_STATS_ENABLED="0",
+        RAY_ADDRESS=address(settings),
+        # Every process of this head inherits this mark (workers and vLLM engines too), which is
+        # how stop() finds exactly our processes: not all of them name the temp dir.
+        **{_MARK: str(temp_dir(settings))},
+    )
+    return env
+
+
+def _ours(settings: Settings) -> list[psutil.Process]:
+    mark = str(temp_dir(settings))
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and proc.environ().get(_MARK) == mark:
+                found.append(proc)
+        except psutil.Error:  # gone, or not ours to read
+            continue
+    return found
+
+
+def pids(settings: Settings) -> list[int]:
+    """PIDs of this box's Ray processes (all that carry this head's environment mark)."""
+    return sorted(p.pid for p in _ours(settings))
+
+
+def is_running(settings: Settings) -> bool:
+    """True when this box's Ray head (its GCS server) is alive."""
+    return any(p.name() == "gcs_server" for p in _ours(settings))
+
+
+def start(settings: Settings) -> bool:
+    """Start the head unless it runs; returns True if it was started now."""
+    if is_running(settings):
+        return False
+    ray = Path(sys.executable).with_name("ray")
+    cmd = [
+        str(ray), "start", "--head",
+        "--node-ip-address=127.0.0.1",
+        f"--port={settings.ray_port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={settings.ray_dashboard_port}",
+        f"--temp-dir={temp_dir(settings)}",
+        "--disable-usage-stats",
+    ]
+    if settings.ray_num_cpus:
+        cmd.append(f"--num-cpus={settings.ray_num_cpus}")
+    result = subprocess.run(cmd, env=environment(settings), capture_output=True, text=True, timeout=180)
+    if result.returncode != 0:
+        raise RuntimeError(f"ray start failed ({result.returncode}):\n{result.stderr.strip() or result.stdout.strip()}")
+    return True
+
+
+def stop(settings: Settings, grace_s: float = 10.0) -> list[int]:
+    """Stop this box's Ray processes by PID (never other Ray clusters); returns the PIDs."""
+    targets = pids(settings)
+    for pid in targets:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(psutil.pid_exists(p) and not _zombie(p) for p in targets):
+        time.sleep(0.2)
+    for pid in targets:
+        _signal(pid, signal.SIGKILL)
+    return targets
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True

@@ -1,0 +1,58 @@
+"""./start.sh: starts the box once, reports it, never starts a second copy, and stops it."""
+
+import subprocess
+
+import psutil
+import pytest
+
+from app.serving import ray_head
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def start_sh(*args):
+    return subprocess.run([str(ROOT / "start.sh"), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_start_twice_status_and_stop(box):
+    settings = box
+    try:
+        first = start_sh()
+        assert first.returncode == 0, first.stdout + first.stderr
+        assert "started the Ray head on 127.0.0.1" in first.stdout
+        assert "new cpu registry" in first.stdout and "all-minilm-l6-v2" in first.stdout
+        assert (settings.models_dir / "tiny-chat" / "model.safetensors").is_file()
+        running = set(ray_head.pids(settings))
+        assert running
+
+        # Everything the head listens on is loopback: nothing of Ray is reachable from outside.
+        gcs = [p for p in map(psutil.Process, running) if p.name() == "gcs_server"]
+        assert len(gcs) == 1
+        listening = [c.laddr for p in map(psutil.Process, running) for c in p.net_connections("inet")
+                     if c.status == psutil.CONN_LISTEN]
+        assert any(a.port == settings.ray_port for a in listening)
+        assert all(a.ip.removeprefix("::ffff:") == "127.0.0.1" for a in listening), listening
+
+        second = start_sh()
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert "already runs" in second.stdout
+        assert "registry " in second.stdout and "new cpu registry" not in second.stdout
+        gcs_after = [p for p in map(psutil.Process, ray_head.pids(settings)) if p.name() == "gcs_server"]
+        assert [p.pid for p in gcs_after] == [gcs[0].pid]  # the same head, not a second one
+
+        status = start_sh("status")
+        assert status.returncode == 0 and "Ray head: running" in status.stdout
+    finally:
+        stopped = start_sh("stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    # Nothing of that head is left: no process names its temp dir or its GCS address.
+    marks = (str(ray_head.temp_dir(settings)), f"127.0.0.1:{settings.ray_port}")
+    leftovers = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        args = " ".join(proc.info["cmdline"] or ())
+        if proc.info["status"] != psutil.STATUS_ZOMBIE and any(m in args for m in marks):
+            leftovers.append(args[:200])
+    assert not leftovers
+    after = start_sh("status")
+    assert after.returncode == 3 and "not running" in after.stdout
