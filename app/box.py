@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+import ray
+
 from app.devtools.tiny_model import make_tiny_model
 from app.gpu.nvml import detect_device
 from app.registry.defaults import default_registry_text
 from app.registry.store import RegistryError, RegistryStore
-from app.serving import ray_head
+from app.lifecycle import manager
+from app.serving import deploy, ray_head
 from app.settings import Settings, get_settings
 
 
@@ -36,7 +39,11 @@ def start(settings: Settings) -> None:
     else:
         say(f"the Ray head already runs on {ray_head.address(settings)}")
     say(f"Ray dashboard: http://127.0.0.1:{settings.ray_dashboard_port}")
-    _print_models(store)
+    deploy.up(settings)
+    say("serving plane up; waiting for the always-on model(s) to load")
+    status = deploy.wait_for_always_on(settings.load_timeout_s)
+    say(f"OpenAI endpoint: http://{settings.host}:{settings.serve_port}/v1  (metrics: /metrics)")
+    _print_status(status)
 
 
 def stop(settings: Settings) -> None:
@@ -47,18 +54,26 @@ def stop(settings: Settings) -> None:
 def status(settings: Settings) -> int:
     running = ray_head.is_running(settings)
     say(f"Ray head: {'running on ' + ray_head.address(settings) if running else 'not running'}")
-    _print_models(RegistryStore(settings.registry_path))
-    return 0 if running else 3  # 3: "not running", as LSB status scripts say
+    if not running:
+        return 3  # "not running", as LSB status scripts say
+    deploy.connect(settings)
+    try:
+        _print_status(ray.get(manager.handle().status.remote()))
+    except ValueError:
+        say("the model manager is not running: run ./start.sh")
+        return 3
+    say(f"OpenAI endpoint: http://{settings.host}:{settings.serve_port}/v1")
+    return 0
 
 
-def _print_models(store: RegistryStore) -> None:
-    if not store.path.exists():
-        say(f"no registry yet at {store.path} (./start.sh creates it)")
-        return
-    registry = store.read()
-    for model in registry.models:
-        role = "always on" if model.always_on else ("on demand" if model.serve else "not served")
-        say(f"  model {model.id:28} {model.task:8} {role}")
+def _print_status(status: dict) -> None:
+    memory = status["memory"]
+    say(f"registry revision {status['revision']}; {status['device']} memory for models: "
+        f"{memory['used_by_models_gb']:.1f} of {memory['total_gb']:.1f} GB in use")
+    for m in status["models"]:
+        role = "always on" if m["always_on"] else ("on demand" if m["serve"] else "not served")
+        extra = f"  ({m['last_error']})" if m["state"] == "failed" else ""
+        say(f"  model {m['id']:28} {m['task']:8} {role:10} {m['state']}{extra}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -56,6 +56,7 @@ class Settings(BaseSettings):
     load_wait_s: float = Field(
         30.0, ge=0, description="How long a non-streaming request waits for a loading model before a 503."
     )
+    load_timeout_s: float = Field(600.0, gt=0, description="A model load that takes longer fails (FAILED).")
     cpu_memory_budget_gb: float | None = Field(
         None, gt=0, description="On hosts without a GPU: memory that loaded engines may use (default: 75% of RAM)."
     )

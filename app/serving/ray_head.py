@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -38,18 +39,35 @@ def address(settings: Settings) -> str:
     return f"127.0.0.1:{settings.ray_port}"
 
 
-def environment(settings: Settings) -> dict[str, str]:
-    """Environment for Ray processes and drivers of this box."""
-    env = dict(os.environ)
-    env.update(
-        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # single-node mode: the node address stays 127.0.0.1
-        RAY_USAGE_STATS_ENABLED="0",
-        RAY_ADDRESS=address(settings),
+def auth_token_path(settings: Settings) -> Path:
+    """This box's Ray token (0600): without it no process can talk to the head, even locally."""
+    return settings.state_dir / "ray-auth-token"
+
+
+def ray_variables(settings: Settings) -> dict[str, str]:
+    """The variables every process of this box's Ray cluster, drivers included, must have."""
+    token = auth_token_path(settings)
+    if not token.exists():
+        token.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return {
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single-node mode: the node address stays 127.0.0.1
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ADDRESS": address(settings),
+        # Token auth with our own token file, rather than whatever ~/.ray/auth_token holds.
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(token),
         # Every process of this head inherits this mark (workers and vLLM engines too), which is
         # how stop() finds exactly our processes: not all of them name the temp dir.
-        **{_MARK: str(temp_dir(settings))},
-    )
-    return env
+        _MARK: str(temp_dir(settings)),
+    }
+
+
+def environment(settings: Settings) -> dict[str, str]:
+    """Environment for `ray start`: ours plus this box's Ray variables."""
+    return {**os.environ, **ray_variables(settings)}
 
 
 def _ours(settings: Settings) -> list[psutil.Process]:

@@ -1,0 +1,97 @@
+"""Build the ray.serve.llm configuration of one model from its registry entry.
+
+A pure function of (entry, host facts): the same entry gives a byte-identical config, so
+redeploying an unchanged model never restarts it (Serve compares deployment versions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from app.engines.sources import is_local, resolve
+from app.registry.schema import ModelEntry
+
+DEPLOYMENT_NAME = "model"  # the same in every model app; the app name carries the model id
+
+
+@dataclass(frozen=True)
+class EngineHost:
+    """Facts about this host that shape every model's engine config."""
+
+    device: Literal["cpu", "gpu"]
+    cache_dir: Path  # VLLM_CACHE_ROOT
+    cpu_kv_cache_gb: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU hosts
+
+
+def app_name(model_id: str) -> str:
+    """The Serve application that holds this model."""
+    return f"model-{model_id}"
+
+
+def engine_kwargs(entry: ModelEntry) -> dict[str, Any]:
+    """vLLM engine arguments for this entry."""
+    engine = entry.engine
+    kwargs: dict[str, Any] = {
+        "tensor_parallel_size": engine.tensor_parallel_size,
+        "dtype": engine.dtype,
+        "enforce_eager": engine.enforce_eager,
+    }
+    if engine.max_model_len is not None:
+        kwargs["max_model_len"] = engine.max_model_len
+    if engine.gpu_memory_utilization is not None:
+        kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    if entry.revision:
+        kwargs["revision"] = entry.revision
+    if entry.task == "embed":
+        kwargs["runner"] = "pooling"
+    kwargs.update(engine.extra_args)
+    return kwargs
+
+
+def llm_config_dict(entry: ModelEntry, host: EngineHost) -> dict[str, Any]:
+    """The LLMConfig fields (plain data, so tests and diffs can compare them)."""
+    tp = entry.engine.tensor_parallel_size
+    if host.device == "gpu":
+        bundles = [{"GPU": 1, "CPU": 1} for _ in range(tp)]
+    else:
+        bundles = [{"CPU": 0.5}]  # CPU engines share the cores; Ray only needs to place them
+    env = {
+        "VLLM_CACHE_ROOT": str(host.cache_dir),
+        "VLLM_NO_USAGE_STATS": "1",
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
+    if host.device == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(host.cpu_kv_cache_gb)
+    local = is_local(entry)
+    if local:
+        env["HF_HUB_OFFLINE"] = "1"
+    config: dict[str, Any] = {
+        "model_loading_config": {"model_id": entry.id, "model_source": resolve(entry)},
+        "engine_kwargs": engine_kwargs(entry),
+        "placement_group_config": {"bundles": bundles},
+        "deployment_config": {
+            "num_replicas": 1,  # residency is the model manager's job, not Serve autoscaling
+            "ray_actor_options": {"num_cpus": 0},  # else Serve adds 1 CPU to the first bundle
+            "max_constructor_retry_count": 1,  # fail fast; the manager retries with backoff
+        },
+        "runtime_env": {"env_vars": env},
+        "log_engine_metrics": False,
+    }
+    if local:
+        config["callback_config"] = {"callback_class": "app.engines.lean.SkipNodeInit"}
+    return config
+
+
+def build_app(entry: ModelEntry, host: EngineHost):
+    """The Serve application for this model (LLMServer with the vLLM engine)."""
+    from ray.serve.llm import LLMConfig, build_llm_deployment
+
+    from app.engines.lean import InProcessVLLMEngine
+
+    return build_llm_deployment(
+        LLMConfig(**llm_config_dict(entry, host)),
+        bind_kwargs={"engine_cls": InProcessVLLMEngine},
+        override_serve_options={"name": DEPLOYMENT_NAME},
+    )

@@ -1,0 +1,1 @@
+"""Model residency: the state machine, the model manager actor, the idle reaper and eviction."""

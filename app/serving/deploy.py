@@ -1,0 +1,76 @@
+"""Bring the serving plane up on a running Ray head: Serve's proxy, the model manager, the router.
+
+Idempotent: the manager is a named actor found again on the next call, and the router is
+redeployed with byte-identical arguments, which Serve treats as "no change".
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import ray
+from ray import serve
+
+from app.lifecycle import manager as manager_mod
+from app.serving import ray_head, router
+from app.settings import Settings
+
+ROUTER_APP = "router"
+
+
+def connect(settings: Settings) -> None:
+    """Attach this process to the box's Ray head as a driver."""
+    if not ray.is_initialized():
+        os.environ.update(ray_head.ray_variables(settings))  # address, single-node mode, auth token
+        # Ray read its auth settings when it was imported; make it read them again (as Ray's own
+        # test utilities do) so this driver presents the box's token.
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
+        ray.init(address=ray_head.address(settings), namespace=manager_mod.NAMESPACE, log_to_driver=False,
+                 logging_level="WARNING")
+
+
+def manager_config(settings: Settings) -> manager_mod.ManagerConfig:
+    from app.gpu.nvml import detect_device
+
+    return manager_mod.ManagerConfig(
+        registry_path=str(settings.registry_path),
+        device=detect_device(settings.device),
+        cache_dir=str(settings.state_dir / "vllm-cache"),
+        cpu_memory_budget_gb=settings.cpu_memory_budget_gb,
+        load_timeout_s=settings.load_timeout_s,
+    )
+
+
+def router_config(settings: Settings) -> router.RouterConfig:
+    keys = sorted(router.hash_key(k.get_secret_value()) for k in settings.api_keys)
+    return router.RouterConfig(api_key_hashes=tuple(keys), load_wait_s=settings.load_wait_s)
+
+
+def up(settings: Settings) -> dict:
+    """Start Serve, the manager (which loads always-on models) and the router; returns the status."""
+    settings.check_exposure()
+    connect(settings)
+    serve.start(http_options={"host": settings.host, "port": settings.serve_port})
+    manager = manager_mod.spawn(manager_config(settings))
+    ray.get(manager.start.remote())
+    serve.run_many(
+        [serve.RunTarget(router.build(router_config(settings)), name=ROUTER_APP, route_prefix="/")],
+        wait_for_applications_running=True,
+    )
+    return ray.get(manager.status.remote())
+
+
+def wait_for_always_on(timeout_s: float) -> dict:
+    """Poll until every always-on model is ready or failed (or the time is up); returns the status."""
+    manager = manager_mod.handle()
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = ray.get(manager.status.remote())
+        pinned = [m for m in status["models"] if m["always_on"] and m["serve"]]
+        if all(m["state"] in ("ready", "failed") for m in pinned) or time.monotonic() > deadline:
+            return status
+        time.sleep(1)

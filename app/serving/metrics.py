@@ -1,0 +1,54 @@
+"""Prometheus text for /metrics, rendered from the model manager's snapshot."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, SummaryMetricFamily
+
+from app.lifecycle.states import State
+
+GIB = 1024**3
+
+
+class _Snapshot:
+    """A one-shot collector over one manager snapshot."""
+
+    def __init__(self, snapshot: dict[str, Any]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self):
+        models = self.snapshot["models"]
+        state = GaugeMetricFamily("llmbox_model_state", "1 for the state each model is in", labels=["model", "state"])
+        in_flight = GaugeMetricFamily("llmbox_requests_in_flight", "Requests in flight per model", labels=["model"])
+        memory = GaugeMetricFamily("llmbox_model_memory_bytes", "Measured (else estimated) memory per model",
+                                   labels=["model", "measured"])
+        for m in models:
+            for s in State:
+                state.add_metric([m["id"], s.value], 1.0 if m["state"] == s.value else 0.0)
+            in_flight.add_metric([m["id"]], m["in_flight"])
+            if m["memory_gb"] is not None:
+                memory.add_metric([m["id"], str(m["memory_measured"]).lower()], m["memory_gb"] * GIB)
+        loads = CounterMetricFamily("llmbox_model_loads", "Model loads by result", labels=["model", "result"])
+        for model, result, n in self.snapshot["loads"]:
+            loads.add_metric([model, result], n)
+        unloads = CounterMetricFamily("llmbox_model_unloads", "Model unloads by reason (idle, evicted, manual, "
+                                      "failed, reconcile)", labels=["model", "reason"])
+        for model, reason, n in self.snapshot["unloads"]:
+            unloads.add_metric([model, reason], n)
+        load_s = SummaryMetricFamily("llmbox_model_load_seconds", "Time from load start to ready", labels=["model"])
+        for model, (total, count) in self.snapshot["load_seconds"].items():
+            load_s.add_metric([model], count_value=count, sum_value=total)
+        wait_s = SummaryMetricFamily("llmbox_queue_wait_seconds", "Time requests waited for their model to load",
+                                     labels=["model"])
+        for model, (total, count) in self.snapshot["queue_wait_seconds"].items():
+            wait_s.add_metric([model], count_value=count, sum_value=total)
+        yield from (state, in_flight, memory, loads, unloads, load_s, wait_s)
+
+
+def render(snapshot: dict[str, Any]) -> bytes:
+    """Prometheus exposition text for a manager metrics snapshot."""
+    registry = CollectorRegistry()
+    registry.register(_Snapshot(snapshot))
+    return generate_latest(registry)
