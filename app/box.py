@@ -51,6 +51,19 @@ def stop(settings: Settings) -> None:
     say(f"stopped {len(stopped)} Ray processes" if stopped else "nothing was running")
 
 
+def reconcile(settings: Settings) -> int:
+    """Apply the registry to the running box now (unchanged models are not touched)."""
+    if not ray_head.is_running(settings):
+        say("the box is not running: run ./start.sh")
+        return 3
+    deploy.connect(settings)
+    result = ray.get(manager.handle().reconcile.remote())
+    say(f"applied registry revision {result['revision']}")
+    for model_id, action in result["actions"].items():
+        say(f"  model {model_id:28} {action}")
+    return 0
+
+
 def status(settings: Settings) -> int:
     running = ray_head.is_running(settings)
     say(f"Ray head: {'running on ' + ray_head.address(settings) if running else 'not running'}")
@@ -78,7 +91,7 @@ def _print_status(status: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./start.sh", description="Run the llmbox single-box quickstart.")
-    parser.add_argument("command", nargs="?", default="start", choices=["start", "stop", "status"])
+    parser.add_argument("command", nargs="?", default="start", choices=["start", "stop", "status", "reconcile"])
     args = parser.parse_args(argv)
     settings = get_settings()
     try:
@@ -86,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
             start(settings)
         elif args.command == "stop":
             stop(settings)
+        elif args.command == "reconcile":
+            return reconcile(settings)
         else:
             return status(settings)
     except (RegistryError, RuntimeError, ValueError, OSError) as exc:

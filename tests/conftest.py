@@ -1,20 +1,14 @@
 """Shared fixtures: an isolated llmbox environment (own state dir, registry, ports) per test."""
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
+from app.devtools.sandbox import free_port
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -29,6 +23,7 @@ def box(monkeypatch):
         "LLMBOX_REGISTRY_PATH": str(base / "inventory" / "models.yml"),
         "LLMBOX_RAY_PORT": str(free_port()),
         "LLMBOX_RAY_DASHBOARD_PORT": str(free_port()),
+        "LLMBOX_SERVE_PORT": str(free_port()),
     }
     for name, value in variables.items():
         monkeypatch.setenv(name, value)

