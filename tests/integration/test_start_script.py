@@ -32,13 +32,17 @@ def test_start_twice_status_and_stop(box):
         running = set(ray_head.pids(settings))
         assert running
 
-        # Everything the head listens on is loopback: nothing of Ray is reachable from outside.
+        # Ray listens on loopback only. The one exception is Serve's per-replica gRPC server,
+        # which Ray binds to [::] unconditionally; it requires the box's Ray token (token auth is on).
         gcs = [p for p in map(psutil.Process, running) if p.name() == "gcs_server"]
         assert len(gcs) == 1
-        listening = [c.laddr for p in map(psutil.Process, running) for c in p.net_connections("inet")
-                     if c.status == psutil.CONN_LISTEN]
-        assert any(a.port == settings.ray_port for a in listening)
-        assert all(a.ip.removeprefix("::ffff:") == "127.0.0.1" for a in listening), listening
+        listening = [(p.name(), c.laddr) for p in map(psutil.Process, running)
+                     for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN]
+        assert any(addr.port == settings.ray_port for _, addr in listening)
+        exposed = [(name, addr) for name, addr in listening if addr.ip.removeprefix("::ffff:") != "127.0.0.1"]
+        assert all(name.startswith("ray::ServeReplica") for name, _ in exposed), exposed
+        assert ray_head.ray_variables(settings)["RAY_AUTH_MODE"] == "token"
+        assert ray_head.auth_token_path(settings).stat().st_mode & 0o777 == 0o600
 
         second = start_sh()
         assert second.returncode == 0, second.stdout + second.stderr
@@ -51,7 +55,7 @@ def test_start_twice_status_and_stop(box):
         url = f"http://127.0.0.1:{settings.serve_port}/v1"
         listed = {m["id"]: m["state"] for m in httpx.get(f"{url}/models").json()["data"]}
         assert listed == {"all-minilm-l6-v2": "ready", "tiny-chat": "unloaded"}
-        vector = httpx.post(f"{url}/embeddings", json={"model": "all-minilm-l6-v2", "input": "hi"}).json()
+        vector = httpx.post(f"{url}/embeddings", json={"model": "all-minilm-l6-v2", "input": "hi"}, timeout=60).json()
         assert len(vector["data"][0]["embedding"]) == 384
 
         status = start_sh("status")
