@@ -26,6 +26,20 @@ def box(base: Path, entries: str, **overrides):
         yield settings
 
 
+def ensure_ready(url: str, model: str, timeout_s: float = 600) -> None:
+    """Load a model through the llama.cpp-style endpoint and wait until /v1/models says ready."""
+    httpx.post(f"{url}/models/load", json={"model": model}, timeout=60).raise_for_status()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        states = {m["id"]: m["state"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
+        if states[model] == "ready":
+            return
+        if states[model] == "failed":
+            raise RuntimeError(f"{model} failed to load")
+        time.sleep(0.5)
+    raise RuntimeError(f"{model} did not load in {timeout_s} s")
+
+
 def tiny_box_entries(*model_ids: str) -> str:
     return EMBED_ENTRY + "".join(tiny_entry(m, Path("{tiny}")) for m in model_ids)
 

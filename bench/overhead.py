@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import box, percentile, table, tiny_box_entries, vllm_serve
+from bench.common import box, ensure_ready, percentile, table, tiny_box_entries, vllm_serve
 
 BODY = {"messages": [{"role": "user", "content": "Tell me about the box."}], "max_tokens": 16,
         "temperature": 0, "ignore_eos": True}
@@ -63,7 +63,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="lbb", dir="/tmp"))
     with box(base, tiny_box_entries("tiny")) as settings:
         llmbox = f"http://127.0.0.1:{settings.serve_port}"
-        httpx.post(f"{llmbox}/v1/chat/completions", json={**BODY, "model": "tiny"}, timeout=600).raise_for_status()
+        ensure_ready(llmbox, "tiny")
         with vllm_serve(settings.models_dir / "tiny", settings.state_dir / "vllm-cache") as (bare, _):
             rows = []
             for concurrency in (1, 8):

@@ -376,6 +376,8 @@ class ModelManager:
                 return
             if rt.state != State.READY:
                 return
+            if reason in ("idle", "evicted") and rt.in_flight:
+                return  # a request arrived since the decision; no await separates this check from the state change
             self._set(rt, State.UNLOADING)
             try:
                 await asyncio.to_thread(model_apps.delete, rt.entry.id)

@@ -23,10 +23,13 @@ def connect(settings: Settings) -> None:
     """Attach this process to the box's Ray head as a driver."""
     if not ray.is_initialized():
         os.environ.update(ray_head.ray_variables(settings))  # address, single-node mode, auth token
-        # Ray read its auth settings when it was imported; make it read them again (as Ray's own
-        # test utilities do) so this driver presents the box's token.
+        # Ray read these when it was imported, which may have been before this call. Make this
+        # process follow them too: single-node mode (else 127.0.0.1 is rewritten to the host's
+        # address) and the box's auth token (re-read as Ray's own test utilities do).
+        from ray._private import ray_constants
         from ray._raylet import AuthenticationTokenLoader, Config
 
+        ray_constants.ENABLE_RAY_CLUSTER = False
         Config.initialize("")
         AuthenticationTokenLoader.instance().reset_cache()
         ray.init(address=ray_head.address(settings), namespace=manager_mod.NAMESPACE, log_to_driver=False,

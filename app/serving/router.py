@@ -22,6 +22,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
+from ray.llm._internal.serve.core.configs.openai_api_models import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingCompletionRequest,
+)
 from starlette.exceptions import HTTPException
 
 from app.engines.llm_config import DEPLOYMENT_NAME, app_name
@@ -29,6 +34,9 @@ from app.lifecycle import manager as manager_mod
 from app.serving import metrics
 
 MAX_BODY_BYTES = 8 * 1024 * 1024
+# ray.serve.llm's own request models: the same validation the engine side applies.
+REQUEST_CLASSES = {"chat": ChatCompletionRequest, "completions": CompletionRequest,
+                   "embeddings": EmbeddingCompletionRequest}
 
 
 @dataclass(frozen=True)
@@ -87,17 +95,10 @@ async def _http(_: Request, exc: HTTPException) -> JSONResponse:
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
-        self._manager = None
+        self.manager = manager_mod.handle()  # here, not on the first request: the lookup blocks
         self._handles: dict[str, Any] = {}
-        self._request_classes = None
 
     # --- plumbing ------------------------------------------------------------------------
-    @property
-    def manager(self):
-        if self._manager is None:
-            self._manager = manager_mod.handle()
-        return self._manager
-
     def _handle(self, model_id: str):
         if model_id not in self._handles:
             self._handles[model_id] = serve.get_deployment_handle(
@@ -216,7 +217,7 @@ class Router:
         if isinstance(body, JSONResponse):
             return body
         try:
-            parsed = self._request_class(method)(**body)
+            parsed = REQUEST_CLASSES[method](**body)
         except ValidationError as exc:
             return error(400, f"invalid request: {exc.errors(include_url=False)}", "invalid_request_error",
                          "invalid_request")
@@ -234,7 +235,9 @@ class Router:
             nonlocal released
             if not released:
                 released = True
-                await self.manager.release.remote(model_id)
+                # Fire and forget: the reply does not depend on it, and calls from one caller reach
+                # the actor in order, so it is never counted out before it was counted in.
+                self.manager.release.remote(model_id)
 
         try:
             if got["outcome"] == "ready":
@@ -330,19 +333,6 @@ class Router:
         remaining = (loading["expected_s"] or 30) - loading["elapsed_s"]
         return error(503, f"model {view['id']!r} is loading; retry shortly", "server_error", "model_loading",
                      headers={"Retry-After": str(max(1, math.ceil(remaining)))}, loading=loading)
-
-    def _request_class(self, method: str):
-        if self._request_classes is None:
-            from ray.llm._internal.serve.core.configs.openai_api_models import (
-                ChatCompletionRequest,
-                CompletionRequest,
-                EmbeddingCompletionRequest,
-            )
-
-            self._request_classes = {"chat": ChatCompletionRequest, "completions": CompletionRequest,
-                                     "embeddings": EmbeddingCompletionRequest}
-        return self._request_classes[method]
-
 
 def build(config: RouterConfig):
     """The router application."""
