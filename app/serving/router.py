@@ -334,6 +334,7 @@ class Router:
         return error(503, f"model {view['id']!r} is loading; retry shortly", "server_error", "model_loading",
                      headers={"Retry-After": str(max(1, math.ceil(remaining)))}, loading=loading)
 
+
 def build(config: RouterConfig):
     """The router application."""
     return Router.bind(config)
