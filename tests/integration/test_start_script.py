@@ -81,3 +81,14 @@ def test_start_twice_status_and_stop(box):
     assert not leftovers
     after = start_sh("status")
     assert after.returncode == 3 and "not running" in after.stdout
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10"])
+def test_start_refuses_to_bind_beyond_loopback_without_keys(box, monkeypatch, host):
+    monkeypatch.setenv("LLMBOX_HOST", host)
+    monkeypatch.delenv("LLMBOX_API_KEYS", raising=False)
+    result = start_sh()
+    assert result.returncode == 1
+    assert f"LLMBOX_HOST={host} is reachable beyond this machine but no API keys are set" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not ray_head.is_running(box)  # nothing was started
