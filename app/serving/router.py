@@ -8,7 +8,6 @@ Serve application. Every error leaves in the OpenAI shape ``{"error": {message, 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import json
