@@ -89,11 +89,28 @@ async def _http(_: Request, exc: HTTPException) -> JSONResponse:
     return error(exc.status_code, str(exc.detail), "invalid_request_error", code)
 
 
+OPEN_PATHS = {"/health"}  # liveness stays open; everything else needs a key when keys are set
+
+
+@api.middleware("http")
+async def _require_key(request: Request, call_next):
+    """Bearer-key check for every route but OPEN_PATHS (one place, not one per handler)."""
+    hashes = request.app.state.api_key_hashes
+    if hashes and request.url.path.removeprefix(request.scope.get("root_path", "")) not in OPEN_PATHS:
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        presented = hash_key(key.strip()) if scheme.lower() == "bearer" and key.strip() else ""
+        if not any(hmac.compare_digest(presented, h) for h in hashes):
+            return error(401, "missing or invalid API key: send Authorization: Bearer <key>",
+                         "authentication_error", "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+    return await call_next(request)
+
+
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
 @serve.ingress(api)
 class Router:
     def __init__(self, config: RouterConfig) -> None:
         self.config = config
+        api.state.api_key_hashes = config.api_key_hashes  # read by _require_key; one router per process
         self.manager = manager_mod.handle()  # here, not on the first request: the lookup blocks
         self._handles: dict[str, Any] = {}
 
@@ -104,19 +121,6 @@ class Router:
                 DEPLOYMENT_NAME, app_name=app_name(model_id), _check_exists=False
             ).options(stream=True)
         return self._handles[model_id]
-
-    def _authorized(self, request: Request) -> bool:
-        if not self.config.api_key_hashes:
-            return True
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not key:
-            return False
-        presented = hash_key(key.strip())
-        return any(hmac.compare_digest(presented, h) for h in self.config.api_key_hashes)
-
-    def _unauthorized(self) -> JSONResponse:
-        return error(401, "missing or invalid API key: send Authorization: Bearer <key>",
-                     "authentication_error", "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
 
     async def _body(self, request: Request) -> dict | JSONResponse:
         raw = await request.body()
@@ -142,16 +146,12 @@ class Router:
     @api.get("/v1/models")
     async def list_models(self, request: Request):
         """Every served model with its state (unloaded / loading / ready / failed)."""
-        if not self._authorized(request):
-            return self._unauthorized()
         status = await self.manager.status.remote()
         return {"object": "list", "data": [self._model_card(m) for m in status["models"] if m["serve"]]}
 
     @api.get("/v1/models/{model_id}")
     async def get_model(self, model_id: str, request: Request):
         """One served model."""
-        if not self._authorized(request):
-            return self._unauthorized()
         status = await self.manager.status.remote()
         for m in status["models"]:
             if m["id"] == model_id and m["serve"]:
@@ -182,8 +182,6 @@ class Router:
     @api.get("/metrics")
     async def prometheus(self, request: Request):
         """Lifecycle metrics in the Prometheus text format."""
-        if not self._authorized(request):
-            return self._unauthorized()
         snapshot = await self.manager.metrics_snapshot.remote()
         return Response(metrics.render(snapshot), media_type="text/plain; version=0.0.4")
 
@@ -198,8 +196,6 @@ class Router:
         return await self._control(request, "unload")
 
     async def _control(self, request: Request, action: str):
-        if not self._authorized(request):
-            return self._unauthorized()
         body = await self._body(request)
         if isinstance(body, JSONResponse):
             return body
@@ -210,8 +206,6 @@ class Router:
 
     # --- the request path ----------------------------------------------------------------
     async def _serve_request(self, request: Request, method: str):
-        if not self._authorized(request):
-            return self._unauthorized()
         body = await self._body(request)
         if isinstance(body, JSONResponse):
             return body
@@ -230,7 +224,7 @@ class Router:
         streaming = bool(body.get("stream"))
         released = False
 
-        async def release() -> None:
+        def release() -> None:
             nonlocal released
             if not released:
                 released = True
@@ -247,10 +241,10 @@ class Router:
             view = await self.manager.wait.remote(model_id, self.config.load_wait_s, queued_at)
             if view["state"] == "ready":
                 return await self._forward(method, parsed, model_id, False, release)
-            await release()
+            release()
             return self._not_ready(view)
         except BaseException:
-            await release()
+            release()
             raise
 
     async def _forward(self, method: str, parsed, model_id: str, streaming: bool, release):
@@ -259,16 +253,16 @@ class Router:
         try:
             first = await gen.__anext__()
         except BaseException as exc:
-            await release()
+            release()
             if isinstance(exc, StopAsyncIteration):
                 return error(502, "the model returned nothing", "api_error", "empty_response")
             return error(503, f"model {model_id!r} failed while answering: {exc}", "api_error", "model_error")
         head = first[0] if isinstance(first, list) and first else first
         if _is_error(head):
-            await release()
+            release()
             return _error_from_engine(head)
         if not streaming:
-            await release()
+            release()
             return JSONResponse(head.model_dump(exclude_none=True) if hasattr(head, "model_dump") else head)
 
         async def chunks():
@@ -277,7 +271,7 @@ class Router:
                 async for item in gen:
                     yield _join(item)
             finally:
-                await release()
+                release()
 
         return StreamingResponse(chunks(), media_type="text/event-stream")
 
@@ -302,7 +296,7 @@ class Router:
                     return
                 yield _join(item)
         finally:
-            await release()
+            release()
 
     # --- error answers -------------------------------------------------------------------
     @staticmethod
