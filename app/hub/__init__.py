@@ -1,0 +1,1 @@
+"""Hugging Face: search with a fit estimate for this host, and downloads with progress."""
