@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from app.engines.sources import is_local, resolve
+from app.engines.sources import resolve
 from app.registry.schema import ModelEntry
 
 DEPLOYMENT_NAME = "model"  # the same in every model app; the app name carries the model id
@@ -23,6 +23,7 @@ class EngineHost:
     device: Literal["cpu", "gpu"]
     cache_dir: Path  # VLLM_CACHE_ROOT
     cpu_kv_cache_gb: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU hosts
+    models_dir: Path | None = None  # where Hugging Face downloads live (app/hub/paths.py)
 
 
 def app_name(model_id: str) -> str:
@@ -42,8 +43,6 @@ def engine_kwargs(entry: ModelEntry) -> dict[str, Any]:
         kwargs["max_model_len"] = engine.max_model_len
     if engine.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
-    if entry.revision:
-        kwargs["revision"] = entry.revision
     if entry.task == "embed":
         kwargs["runner"] = "pooling"
     kwargs.update(engine.extra_args)
@@ -64,11 +63,11 @@ def llm_config_dict(entry: ModelEntry, host: EngineHost) -> dict[str, Any]:
     }
     if host.device == "cpu":
         env["VLLM_CPU_KVCACHE_SPACE"] = str(host.cpu_kv_cache_gb)
-    local = is_local(entry)
-    if local:
-        env["HF_HUB_OFFLINE"] = "1"
+    # Weights are always a local folder (a revision is chosen by the download), so the engine
+    # never needs the hub.
+    env["HF_HUB_OFFLINE"] = "1"
     config: dict[str, Any] = {
-        "model_loading_config": {"model_id": entry.id, "model_source": resolve(entry)},
+        "model_loading_config": {"model_id": entry.id, "model_source": resolve(entry, host.models_dir)},
         "engine_kwargs": engine_kwargs(entry),
         "placement_group_config": {"bundles": bundles},
         "deployment_config": {
@@ -79,8 +78,7 @@ def llm_config_dict(entry: ModelEntry, host: EngineHost) -> dict[str, Any]:
         "runtime_env": {"env_vars": env},
         "log_engine_metrics": False,
     }
-    if local:
-        config["callback_config"] = {"callback_class": "app.engines.lean.SkipNodeInit"}
+    config["callback_config"] = {"callback_class": "app.engines.lean.SkipNodeInit"}
     return config
 
 

@@ -52,3 +52,8 @@ def partial_dir(models_dir: Path, repo_id: str, revision: str | None = None) -> 
 
 def is_downloaded(models_dir: Path, repo_id: str, revision: str | None = None) -> bool:
     return local_dir(models_dir, repo_id, revision).is_dir()
+
+
+def record_path(state_dir: Path, repo_id: str, revision: str | None = None) -> Path:
+    """The JSON record of a download's progress (written by the downloads manager)."""
+    return Path(state_dir) / "downloads" / f"{download_id(repo_id, revision)}.json"

@@ -13,10 +13,13 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from app.engines.llm_config import EngineHost, llm_config_dict
-from app.engines.sources import SourceMissing
+from app.engines.sources import NotDownloaded, SourceMissing, is_hub, resolve
+from app.events import EventLog
+from app.hub import paths
 from app.gpu.memory import CpuBudget, MemoryProbe, NvmlMemory
 from app.lifecycle.states import State, check
 from app.registry.schema import ModelEntry, Registry
@@ -38,6 +41,8 @@ class ManagerConfig:
     registry_path: str
     device: str
     cache_dir: str
+    models_dir: str
+    state_dir: str  # download records and the event log
     cpu_memory_budget_gb: float | None = None
     load_timeout_s: float = 600.0
     reaper_interval_s: float = 1.0
@@ -56,8 +61,12 @@ class Runtime:
     last_error: str | None = None
     last_load_s: float | None = None
     memory_gb: float | None = None  # measured after the last load
+    pids: list[int] = field(default_factory=list)  # its replica processes (engines are their children)
     failures: int = 0
     config_key: str = ""  # the engine config it was loaded with
+    missing: str | None = None  # why its weights are not servable yet (not downloaded), else None
+    download: dict[str, Any] | None = None  # the download record while weights are missing
+    pin_pending: bool = False  # always-on, waiting for its download: load when it completes
     loader: asyncio.Task | None = None  # the load in progress (single flight)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load/unload at a time
 
@@ -69,9 +78,10 @@ class Runtime:
         view = {
             "id": self.entry.id,
             "task": self.entry.task,
+            "source": self.entry.source,
             "serve": self.entry.serve,
             "always_on": self.entry.always_on,
-            "state": self.state.value,
+            "state": self.display_state(),
             "since": self.since,
             "in_flight": self.in_flight,
             "last_used": self.last_used,
@@ -80,13 +90,24 @@ class Runtime:
             "memory_measured": self.memory_gb is not None,
             "last_load_s": self.last_load_s,
             "last_error": self.last_error,
+            "pids": self.pids if self.state == State.READY else [],
         }
         if self.state == State.LOADING:
             view["loading"] = {"state": "loading", "elapsed_s": round(now - self.since, 1),
                                "expected_s": self.last_load_s}
         if self.state == State.FAILED:
             view["retry_in_s"] = max(0.0, round(self.since + self.backoff_s() - now, 1))
+        if self.missing:
+            view["missing"] = self.missing
+            view["download"] = self.download
         return view
+
+    def display_state(self) -> str:
+        """The residency state, or ``downloading`` / ``not_downloaded`` while the weights are absent."""
+        if self.missing and self.state in (State.UNLOADED, State.FAILED):
+            running = self.download and self.download.get("state") in ("queued", "running")
+            return "downloading" if running else "not_downloaded"
+        return self.state.value
 
     def backoff_s(self) -> float:
         return BACKOFF_S[min(self.failures, len(BACKOFF_S)) - 1] if self.failures else 0.0
@@ -125,7 +146,9 @@ class ModelManager:
     def __init__(self, config: ManagerConfig) -> None:
         self.config = config
         self.store = RegistryStore(config.registry_path)
-        self.host = EngineHost(device=config.device, cache_dir=config.cache_dir)
+        self.host = EngineHost(device=config.device, cache_dir=Path(config.cache_dir),
+                               models_dir=Path(config.models_dir))
+        self.events = EventLog(Path(config.state_dir) / "events.jsonl")
         self.memory: MemoryProbe = NvmlMemory() if config.device == "gpu" else CpuBudget(config.cpu_memory_budget_gb)
         self.models: dict[str, Runtime] = {}
         self.metrics = Metrics()
@@ -161,8 +184,12 @@ class ModelManager:
         rt = self.models.get(entry.id)
         if rt is None:
             rt = self.models[entry.id] = Runtime(entry=entry, idle_timeout_s=registry.idle_timeout_s(entry))
+            known = self._measurements().get(entry.id)
+            if known and known.get("source") == entry.source:  # measured before a restart of the box
+                rt.memory_gb, rt.last_load_s = known.get("memory_gb"), known.get("load_s")
         changed = rt.config_key and rt.config_key != self._config_key(entry)
         rt.entry, rt.idle_timeout_s = entry, registry.idle_timeout_s(entry)
+        self._check_weights(rt)
         if not entry.serve:
             if rt.state in (State.READY, State.LOADING, State.FAILED):
                 await self._unload(rt, "reconcile")
@@ -173,9 +200,33 @@ class ModelManager:
             self._start_load(rt)
             return "reloading (engine settings changed)"
         if entry.always_on and rt.state in (State.UNLOADED, State.FAILED):
+            if rt.missing:
+                rt.pin_pending = True  # the reaper loads it once the download completes
+                return "always on: waiting for its download"
             self._start_load(rt)
             return "loading (always on)"
-        return rt.state.value
+        return rt.display_state()
+
+    def _check_weights(self, rt: Runtime) -> None:
+        """Note whether the model's weights are servable now; while not, attach its download record."""
+        rt.missing = rt.download = None
+        if not is_hub(rt.entry):
+            return  # local folders: a missing one is a load failure with the path in the reason
+        try:
+            resolve(rt.entry, self.host.models_dir)
+        except NotDownloaded as exc:
+            rt.missing = str(exc)
+            rt.download = self._download_record(rt.entry)
+
+    def _download_record(self, entry: ModelEntry) -> dict[str, Any] | None:
+        """The management API's record of this repo's download (progress), if there is one."""
+        path = paths.record_path(Path(self.config.state_dir), entry.source, entry.revision)
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        keys = ("state", "percent", "bytes_done", "bytes_total", "rate_bps", "eta_s", "error")
+        return {k: record.get(k) for k in keys}
 
     def _config_key(self, entry: ModelEntry) -> str:
         try:
@@ -196,6 +247,10 @@ class ModelManager:
             return {"outcome": "unknown"}
         if not rt.entry.serve:
             return {"outcome": "not_served", "model": rt.public()}
+        if rt.missing:
+            self._check_weights(rt)
+            if rt.missing:
+                return {"outcome": "downloading", "model": rt.public()}
         if rt.state == State.FAILED and time.time() < rt.since + rt.backoff_s():
             return {"outcome": "failed", "model": rt.public()}
         rt.in_flight += 1
@@ -231,6 +286,9 @@ class ModelManager:
 
     async def status(self) -> dict[str, Any]:
         """A snapshot of every model, the memory picture and the registry revision."""
+        for rt in self.models.values():
+            if rt.missing:
+                self._check_weights(rt)  # progress, or the download has completed
         used = self._used_gb()
         return {
             "revision": self.registry_revision,
@@ -248,6 +306,9 @@ class ModelManager:
         rt = self.models.get(model_id)
         if rt is None or not rt.entry.serve:
             return {"outcome": "unknown" if rt is None else "not_served"}
+        self._check_weights(rt)
+        if rt.missing:
+            return {"outcome": "downloading", "model": rt.public()}
         if rt.state in (State.UNLOADED, State.FAILED):
             self._start_load(rt)
         return {"outcome": "ok", "model": rt.public()}
@@ -259,6 +320,10 @@ class ModelManager:
             return {"outcome": "unknown"}
         await self._unload(rt, "manual")
         return {"outcome": "ok", "model": rt.public()}
+
+    async def cluster(self) -> dict[str, Any]:
+        """Ray Serve's applications and their health."""
+        return await asyncio.to_thread(model_apps.cluster)
 
     async def replica_pids(self, model_id: str) -> list[int]:
         return await asyncio.to_thread(model_apps.replica_pids, model_id)
@@ -286,6 +351,7 @@ class ModelManager:
                     rt.last_error = refusal
                     self._set(rt, State.UNLOADED)
                     self.metrics.count(self.metrics.loads, (model_id, "no_memory"))
+                    self._event("model_load_refused", rt, reason=refusal)
                     return
                 rt.config_key = self._config_key(rt.entry)
                 await asyncio.to_thread(model_apps.deploy, rt.entry, self.host)
@@ -295,12 +361,15 @@ class ModelManager:
                     return
                 pids = await asyncio.to_thread(model_apps.replica_pids, model_id)
                 rt.memory_gb = round(self.memory.process_gb(pids), 3) if pids else None
+                rt.pids = pids
                 rt.last_load_s = round(time.time() - started, 2)
                 rt.failures, rt.last_error = 0, None
                 self._set(rt, State.READY)
                 self.metrics.count(self.metrics.loads, (model_id, "ok"))
                 self.metrics.observe(self.metrics.load_seconds, model_id, rt.last_load_s)
                 log.info("loaded %s in %.1f s (%.2f GB)", model_id, rt.last_load_s, rt.memory_gb or 0)
+                self._event("model_loaded", rt, seconds=rt.last_load_s, memory_gb=rt.memory_gb)
+                self._remember(rt)
             except Exception as exc:  # any failure of a load is the model's state, not a crash
                 await self._fail(rt, f"{type(exc).__name__}: {exc}")
 
@@ -326,6 +395,7 @@ class ModelManager:
         self._set(rt, State.FAILED)
         self.metrics.count(self.metrics.loads, (rt.entry.id, "failed"))
         self.metrics.count(self.metrics.unloads, (rt.entry.id, "failed"))
+        self._event("model_load_failed", rt, reason=reason)
         await asyncio.to_thread(model_apps.delete, rt.entry.id)  # free whatever it holds
 
     @staticmethod
@@ -385,12 +455,18 @@ class ModelManager:
                 self._set(rt, State.UNLOADED)  # memory_gb stays: it sizes the next admission
             self.metrics.count(self.metrics.unloads, (rt.entry.id, reason))
             log.info("unloaded %s (%s)", rt.entry.id, reason)
+            self._event("model_unloaded", rt, reason=reason)
 
     async def _reap_forever(self) -> None:
         while True:
             await asyncio.sleep(self.config.reaper_interval_s)
             now = time.time()
             for rt in list(self.models.values()):
+                if rt.pin_pending and rt.state == State.UNLOADED:
+                    self._check_weights(rt)
+                    if not rt.missing and rt.entry.serve and rt.entry.always_on:
+                        rt.pin_pending = False
+                        self._start_load(rt)  # its download has just completed
                 idle_since = rt.last_used or rt.since
                 if (rt.state == State.READY and not rt.entry.always_on and rt.in_flight == 0
                         and rt.idle_timeout_s > 0 and now - idle_since > rt.idle_timeout_s):
@@ -400,6 +476,32 @@ class ModelManager:
     def _set(self, rt: Runtime, state: State) -> None:
         check(rt.state, state)
         rt.state, rt.since = state, time.time()
+
+    def _measurements(self) -> dict[str, Any]:
+        try:
+            return json.loads((Path(self.config.state_dir) / "measurements.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _remember(self, rt: Runtime) -> None:
+        """Keep what a load measured across restarts: it sizes admission and fit estimates."""
+        data = self._measurements()
+        data[rt.entry.id] = {"source": rt.entry.source, "memory_gb": rt.memory_gb, "load_s": rt.last_load_s,
+                             "time": round(time.time(), 1)}
+        path = Path(self.config.state_dir) / "measurements.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(".measurements.json.tmp")
+            tmp.write_text(json.dumps(data, indent=1))
+            tmp.replace(path)
+        except OSError as exc:
+            log.warning("could not save measurements: %s", exc)
+
+    def _event(self, kind: str, rt: Runtime, **data: Any) -> None:
+        try:
+            self.events.record(kind, model=rt.entry.id, **data)
+        except OSError as exc:  # the log is a record, not a reason to fail a load
+            log.warning("could not write event %s: %s", kind, exc)
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)

@@ -94,10 +94,14 @@ class RegistryStore:
 
     def read_revision(self, revision: int) -> Registry:
         """A past (or the current) revision from the history folder."""
+        return validate(self._body(self._load(self.revision_text(revision))))
+
+    def revision_text(self, revision: int) -> str:
+        """The YAML text of a kept revision, as it was written."""
         path = self._history_path(revision)
         if not path.exists():
             raise RegistryError(f"revision {revision} is not in the history")
-        return validate(self._body(self._load(path.read_text())))
+        return path.read_text()
 
     def history(self) -> list[int]:
         """Revisions kept in the history folder, oldest first."""
@@ -138,17 +142,18 @@ class RegistryStore:
 
     def restore(self, base_revision: int, revision: int) -> Registry:
         """Make a past revision's content current again, as a new revision."""
-        path = self._history_path(revision)
-        if not path.exists():
-            raise RegistryError(f"revision {revision} is not in the history")
-        old = self._body(self._load(path.read_text()))
+        return self.edit(base_revision, self.restoring(revision))
+
+    def restoring(self, revision: int) -> Callable[[CommentedMap], None]:
+        """An edit (for ``edit``) that replaces the body with a past revision's, comments included."""
+        old = self._body(self._load(self.revision_text(revision)))
 
         def replace(body: CommentedMap) -> None:
             body.clear()
             body.update(old)
             body.ca.items.update(old.ca.items)  # the comments attached to its keys
 
-        return self.edit(base_revision, replace)
+        return replace
 
     # --- internals -----------------------------------------------------------------------
     @staticmethod

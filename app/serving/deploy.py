@@ -43,6 +43,8 @@ def manager_config(settings: Settings) -> manager_mod.ManagerConfig:
         registry_path=str(settings.registry_path),
         device=detect_device(settings.device),
         cache_dir=str(settings.state_dir / "vllm-cache"),
+        models_dir=str(settings.models_dir),
+        state_dir=str(settings.state_dir),
         cpu_memory_budget_gb=settings.cpu_memory_budget_gb,
         load_timeout_s=settings.load_timeout_s,
     )
@@ -74,6 +76,7 @@ def wait_for_always_on(timeout_s: float) -> dict:
     while True:
         status = ray.get(manager.status.remote())
         pinned = [m for m in status["models"] if m["always_on"] and m["serve"]]
-        if all(m["state"] in ("ready", "failed") for m in pinned) or time.monotonic() > deadline:
+        settled = ("ready", "failed", "downloading", "not_downloaded")  # a download may take hours
+        if all(m["state"] in settled for m in pinned) or time.monotonic() > deadline:
             return status
         time.sleep(1)

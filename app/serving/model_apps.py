@@ -54,3 +54,21 @@ def last_line(message: str) -> str:
     """The most specific part of a Serve error message (the engine's exception)."""
     lines = [line.strip() for line in message.strip().splitlines() if line.strip()]
     return lines[-1] if lines else "the model's replica failed to start"
+
+
+def cluster() -> dict:
+    """Serve's own view: proxies and every application with its deployments' health."""
+    status = serve.status()
+
+    def plain(value) -> str:
+        return str(getattr(value, "value", value))
+
+    apps = {}
+    for name, app in status.applications.items():
+        apps[name] = {
+            "status": plain(app.status),
+            "message": last_line(app.message) if app.message else "",
+            "deployments": {d: {"status": plain(dep.status), "replicas": dict(dep.replica_states or {}),
+                                "message": dep.message or ""} for d, dep in app.deployments.items()},
+        }
+    return {"proxies": {node: plain(s) for node, s in status.proxies.items()}, "applications": apps}

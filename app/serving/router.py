@@ -162,7 +162,7 @@ class Router:
     def _model_card(m: dict) -> dict:
         card = {"id": m["id"], "object": "model", "created": int(m["since"]), "owned_by": "llmbox",
                 "task": m["task"], "state": m["state"], "always_on": m["always_on"], "memory_gb": m["memory_gb"]}
-        for key in ("loading", "last_error"):
+        for key in ("loading", "last_error", "download"):
             if m.get(key):
                 card[key] = m[key]
         return card
@@ -200,6 +200,8 @@ class Router:
         if isinstance(body, JSONResponse):
             return body
         result = await getattr(self.manager, action).remote(body["model"])
+        if result["outcome"] == "downloading":
+            return self._downloading(result["model"])
         if result["outcome"] != "ok":
             return self._not_available(body["model"], result["outcome"])
         return {"success": True, "model": result["model"]["id"], "state": result["model"]["state"]}
@@ -221,6 +223,8 @@ class Router:
             return self._not_available(model_id, got["outcome"])
         if got["outcome"] == "failed":
             return self._failed(got["model"])
+        if got["outcome"] == "downloading":
+            return self._downloading(got["model"])
         streaming = bool(body.get("stream"))
         released = False
 
@@ -318,6 +322,22 @@ class Router:
         if body_only:
             return {"error": {"message": message, "type": "server_error", "code": code, "param": None}}
         return error(503, message, "server_error", code, headers={"Retry-After": str(math.ceil(retry))})
+
+    @staticmethod
+    def _downloading(view: dict) -> JSONResponse:
+        """503 for a model whose weights are not downloaded yet (download time is not load time)."""
+        download = view.get("download") or {}
+        if view["state"] == "downloading":
+            done = f" ({download['percent']:.0f}% done)" if download.get("percent") is not None else ""
+            message = f"model {view['id']!r} is downloading{done}; retry when it completes"
+            retry, code = download.get("eta_s") or 30, "model_downloading"
+        else:
+            why = f" (last download {download['state']}: {download.get('error')})" if download else ""
+            message = (f"model {view['id']!r} is not downloaded{why}: start its download in the "
+                       "management API or admin UI")
+            retry, code = 60, "model_not_downloaded"
+        return error(503, message, "server_error", code, headers={"Retry-After": str(max(1, math.ceil(retry)))},
+                     download=download or None)
 
     def _not_ready(self, view: dict) -> JSONResponse:
         if view["state"] != "loading":

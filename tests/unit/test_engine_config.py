@@ -5,11 +5,19 @@ from pathlib import Path
 import pytest
 
 from app.engines.llm_config import EngineHost, app_name, llm_config_dict
-from app.engines.sources import SourceMissing, resolve
+from app.engines.sources import NotDownloaded, SourceMissing, resolve
+from app.hub import paths
 from app.registry.schema import ModelEntry
 
-CPU = EngineHost(device="cpu", cache_dir=Path("/var/cache/vllm"))
-GPU = EngineHost(device="gpu", cache_dir=Path("/var/cache/vllm"))
+
+@pytest.fixture(autouse=True)
+def hosts(tmp_path):
+    """A CPU and a GPU host whose models folder holds finished downloads of org/model (main, v1.5)."""
+    global CPU, GPU
+    for revision in ("main", "v1.5"):
+        paths.local_dir(tmp_path, "org/model", revision).mkdir(parents=True)
+    CPU = EngineHost(device="cpu", cache_dir=Path("/var/cache/vllm"), models_dir=tmp_path)
+    GPU = EngineHost(device="gpu", cache_dir=Path("/var/cache/vllm"), models_dir=tmp_path)
 
 
 def entry(**fields):
@@ -31,7 +39,8 @@ def test_embedding_models_use_the_pooling_runner_and_extra_args_pass_through():
     config = llm_config_dict(entry(task="embed", revision="v1.5", engine={"extra_args": {"trust_remote_code": True}}), GPU)
     assert config["engine_kwargs"]["runner"] == "pooling"
     assert config["engine_kwargs"]["trust_remote_code"] is True
-    assert config["engine_kwargs"]["revision"] == "v1.5"
+    assert config["model_loading_config"]["model_source"].endswith("/hub/org--model/v1.5")
+    assert "revision" not in config["engine_kwargs"]  # the download chose the revision
     assert "runner" not in llm_config_dict(entry(), GPU)["engine_kwargs"]
 
 
@@ -42,12 +51,22 @@ def test_cpu_hosts_get_a_cpu_placement_and_kv_cache_setting():
     assert config["deployment_config"]["num_replicas"] == 1  # residency is the manager's job
 
 
-def test_local_weights_skip_the_hub_and_the_download_step():
-    local = llm_config_dict(entry(source="/srv/models/llama"), CPU)
+def test_engines_load_local_folders_only_and_never_reach_the_hub(tmp_path):
+    local = llm_config_dict(entry(source=str(tmp_path)), CPU)
+    assert local["model_loading_config"]["model_source"] == str(tmp_path)
     assert local["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
     assert local["callback_config"]["callback_class"] == "app.engines.lean.SkipNodeInit"
-    remote = llm_config_dict(entry(source="org/model"), CPU)
-    assert "HF_HUB_OFFLINE" not in remote["runtime_env"]["env_vars"] and "callback_config" not in remote
+    downloaded = llm_config_dict(entry(source="org/model"), CPU)
+    assert downloaded["model_loading_config"]["model_source"] == str(paths.local_dir(tmp_path, "org/model"))
+    assert downloaded["runtime_env"]["env_vars"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_a_repo_that_is_not_downloaded_or_only_partly_is_not_servable(tmp_path):
+    paths.partial_dir(tmp_path, "org/other").mkdir(parents=True)  # a download in progress
+    with pytest.raises(NotDownloaded, match="org/other@main is not downloaded"):
+        llm_config_dict(entry(source="org/other"), CPU)
+    with pytest.raises(SourceMissing, match="does not exist"):
+        resolve(entry(source="/no/such/folder"))
 
 
 def test_the_same_entry_always_gives_the_same_config():

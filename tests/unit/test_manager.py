@@ -6,11 +6,14 @@ failures with backoff, the idle reaper and reconcile.
 """
 
 import asyncio
+import json
 import time
 
 import pytest
 
 from app.lifecycle import manager as manager_mod
+from app.events import EventLog
+from app.hub import paths
 from app.lifecycle.manager import ManagerConfig, ModelManager
 from app.registry.edits import remove_model, update_model
 from app.registry.store import RegistryStore
@@ -58,6 +61,7 @@ def make_manager(tmp_path, entries, budget_gb=5.0, reaper_interval_s=0.1):
     path = tmp_path / "models.yml"
     RegistryStore(path).create("llmbox_registry:\n  revision: 0\n  models:\n" + entries)
     manager = ModelManager(ManagerConfig(registry_path=str(path), device="cpu", cache_dir=str(tmp_path),
+                                         models_dir=str(tmp_path / "models"), state_dir=str(tmp_path / "var"),
                                          cpu_memory_budget_gb=budget_gb, reaper_interval_s=reaper_interval_s))
     manager.memory.process_gb = lambda pids: 2.0  # what each loaded model measures
     return manager
@@ -192,3 +196,30 @@ def test_reconcile_unloads_unserved_and_removed_models_and_leaves_the_rest(tmp_p
     assert result["actions"] == {"b": "removed", "a": "unloaded (serve: false)", "c": "ready"}
     assert states(manager) == {"a": "unloaded", "c": "ready"}
     assert serve.deploys == ["a", "b", "c"] and set(serve.apps) == {"c"}
+
+
+def test_a_repo_is_served_only_once_downloaded_and_a_pinned_one_loads_when_its_download_completes(tmp_path, serve):
+    entries = ("    - id: chat\n      source: org/chat\n      serve: true\n      memory_gb: 1\n"
+               "    - id: base\n      source: org/base\n      serve: true\n      always_on: true\n      memory_gb: 1\n")
+    record = paths.record_path(tmp_path / "var", "org/chat")
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"state": "running", "percent": 40.0, "bytes_done": 40, "bytes_total": 100}))
+
+    async def scenario():
+        manager = make_manager(tmp_path, entries)
+        started = await manager.start()
+        got = await manager.acquire("chat")
+        listed = {m["id"]: m for m in (await manager.status())["models"]}
+        paths.local_dir(tmp_path / "models", "org/base").mkdir(parents=True)  # base's download completes
+        deadline = time.monotonic() + 10
+        while manager.models["base"].state.value != "ready" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return manager, started, got, listed
+
+    manager, started, got, listed = asyncio.run(scenario())
+    assert started["actions"]["base"] == "always on: waiting for its download"
+    assert got["outcome"] == "downloading" and got["model"]["download"]["percent"] == 40.0
+    assert listed["chat"]["state"] == "downloading" and listed["base"]["state"] == "not_downloaded"
+    assert serve.deploys == ["base"]  # chat was never deployed without its weights
+    assert manager.models["base"].state.value == "ready"
+    assert [e["kind"] for e in EventLog(tmp_path / "var" / "events.jsonl").read()] == ["model_loaded"]
