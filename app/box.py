@@ -15,6 +15,8 @@ from app.devtools.tiny_model import make_tiny_model
 from app.gpu.nvml import detect_device
 from app.registry.defaults import default_registry_text
 from app.registry.store import RegistryError, RegistryStore
+from app import services
+from app.api.tokens import TokenFile
 from app.lifecycle import manager
 from app.serving import deploy, ray_head
 from app.settings import Settings, get_settings
@@ -41,14 +43,61 @@ def start(settings: Settings) -> None:
     say(f"Ray dashboard: http://127.0.0.1:{settings.ray_dashboard_port}")
     deploy.up(settings)
     say("serving plane up; waiting for the always-on model(s) to load")
+    start_api(settings)
     status = deploy.wait_for_always_on(settings.load_timeout_s)
     say(f"OpenAI endpoint: http://{settings.host}:{settings.serve_port}/v1  (metrics: /metrics)")
+    say(f"management API: {api_url(settings)}/docs")
     _print_status(status)
 
 
+def api_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.api_port}"
+
+
+def start_api(settings: Settings) -> None:
+    """Start the management API (with a first admin token if there is none)."""
+    tokens = TokenFile(settings.admin_tokens_path)
+    if not tokens.entries():
+        token = tokens.add("admin")
+        say(f"created the first admin token (shown once, stored hashed in {tokens.path}):")
+        say(f"  {token}")
+        say("  more: ./start.sh token NAME")
+    health = f"http://127.0.0.1:{settings.api_port}/api/health"
+    if services.start(settings, "api", "app.api", health):
+        say(f"started the management API on {api_url(settings)}")
+    else:
+        say(f"the management API already runs on {api_url(settings)}")
+
+
+def deploy_only(settings: Settings) -> int:
+    """Deploy the serving plane on a head started elsewhere (systemd: the ray-head unit)."""
+    settings.check_exposure()
+    if not ray_head.is_running(settings):
+        say("the Ray head is not running (start it first: python -m app.serving.ray_head)")
+        return 3
+    device = detect_device(settings.device)
+    store = RegistryStore(settings.registry_path, settings.registry_history_keep)
+    if not store.path.exists():
+        make_tiny_model(settings.models_dir / "tiny-chat")
+        store.create(default_registry_text(device, settings.models_dir))
+    deploy.up(settings)
+    _print_status(deploy.wait_for_always_on(settings.load_timeout_s))
+    return 0
+
+
 def stop(settings: Settings) -> None:
+    api = services.stop(settings, "api")
+    if api:
+        say(f"stopped the management API (pid {api})")
     stopped = ray_head.stop(settings)
-    say(f"stopped {len(stopped)} Ray processes" if stopped else "nothing was running")
+    say(f"stopped {len(stopped)} Ray processes" if stopped or api else "nothing was running")
+
+
+def new_token(settings: Settings, name: str, scope: str) -> int:
+    token = TokenFile(settings.admin_tokens_path).add(name, scope)
+    say(f"token {name!r} ({scope}), shown once:")
+    print(token)
+    return 0
 
 
 def reconcile(settings: Settings) -> int:
@@ -67,6 +116,8 @@ def reconcile(settings: Settings) -> int:
 def status(settings: Settings) -> int:
     running = ray_head.is_running(settings)
     say(f"Ray head: {'running on ' + ray_head.address(settings) if running else 'not running'}")
+    api = services.pid(settings, "api")
+    say(f"management API: {'running on ' + api_url(settings) + f' (pid {api})' if api else 'not running'}")
     if not running:
         return 3  # "not running", as LSB status scripts say
     deploy.connect(settings)
@@ -91,7 +142,10 @@ def _print_status(status: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./start.sh", description="Run the llmbox single-box quickstart.")
-    parser.add_argument("command", nargs="?", default="start", choices=["start", "stop", "status", "reconcile"])
+    parser.add_argument("command", nargs="?", default="start",
+                        choices=["start", "stop", "status", "reconcile", "token", "deploy"])
+    parser.add_argument("name", nargs="?", default="admin", help="token: the new token's name")
+    parser.add_argument("--scope", choices=["admin", "read"], default="admin", help="token: what it may do")
     args = parser.parse_args(argv)
     settings = get_settings()
     try:
@@ -101,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             stop(settings)
         elif args.command == "reconcile":
             return reconcile(settings)
+        elif args.command == "deploy":
+            return deploy_only(settings)
+        elif args.command == "token":
+            return new_token(settings, args.name, args.scope)
         else:
             return status(settings)
     except (RegistryError, RuntimeError, ValueError, OSError) as exc:

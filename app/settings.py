@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +51,24 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Bearer keys accepted on :8000 (comma-separated in the environment). Empty = no auth.",
     )
+    admin_tokens_path: Path | None = Field(
+        None,
+        description="Hashed bearer tokens of the management API and admin UI (python -m app.api.tokens); "
+        "default: <state_dir>/admin-tokens.",
+    )
+
+    # --- Hugging Face --------------------------------------------------------------------------
+    hf_endpoint: str | None = Field(
+        None, validation_alias=AliasChoices("LLMBOX_HF_ENDPOINT", "HF_ENDPOINT"),
+        description="Hub URL (default: huggingface.co); tests point it at a local stand-in.",
+    )
+    hf_token: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("LLMBOX_HF_TOKEN", "HF_TOKEN"),
+        description="Token for gated repos; used for hub calls only, never logged.",
+    )
+    download_min_free_gb: float = Field(
+        2.0, ge=0, description="Disk space a download must leave free in the models folder."
+    )
 
     # --- serving behaviour -----------------------------------------------------------------
     load_wait_s: float = Field(
@@ -73,9 +91,12 @@ class Settings(BaseSettings):
     def _resolve_paths(self) -> Settings:
         root = self.root_dir.resolve()
         self.root_dir = root
-        for name in ("state_dir", "models_dir", "registry_path"):
+        for name in ("state_dir", "models_dir", "registry_path", "admin_tokens_path"):
             path = getattr(self, name)
-            setattr(self, name, path if path.is_absolute() else root / path)
+            if path is not None:
+                setattr(self, name, path if path.is_absolute() else root / path)
+        if self.admin_tokens_path is None:
+            self.admin_tokens_path = self.state_dir / "admin-tokens"
         return self
 
     @property
@@ -94,6 +115,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"LLMBOX_HOST={self.host} is reachable beyond this machine but no API keys are set: "
                 "set LLMBOX_API_KEYS (comma-separated) or bind 127.0.0.1"
+            )
+
+
+    def check_api_exposure(self, token_count: int) -> None:
+        """The management API and UI refuse to listen beyond loopback without a token configured."""
+        if self.binds_beyond_loopback and token_count == 0:
+            raise ValueError(
+                f"LLMBOX_HOST={self.host} is reachable beyond this machine but no management API token "
+                f"exists in {self.admin_tokens_path}: create one with `python -m app.api.tokens add admin` "
+                "or bind 127.0.0.1"
             )
 
 

@@ -24,6 +24,7 @@ def box(monkeypatch):
         "LLMBOX_RAY_PORT": str(free_port()),
         "LLMBOX_RAY_DASHBOARD_PORT": str(free_port()),
         "LLMBOX_SERVE_PORT": str(free_port()),
+        "LLMBOX_API_PORT": str(free_port()),
     }
     for name, value in variables.items():
         monkeypatch.setenv(name, value)

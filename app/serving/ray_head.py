@@ -92,10 +92,8 @@ def is_running(settings: Settings) -> bool:
     return any(p.name() == "gcs_server" for p in _ours(settings))
 
 
-def start(settings: Settings) -> bool:
-    """Start the head unless it runs; returns True if it was started now."""
-    if is_running(settings):
-        return False
+def command(settings: Settings, block: bool = False) -> list[str]:
+    """The `ray start --head` command line of this box (``block``: stay in the foreground, for systemd)."""
     ray = Path(sys.executable).with_name("ray")
     cmd = [
         str(ray), "start", "--head",
@@ -108,6 +106,16 @@ def start(settings: Settings) -> bool:
     ]
     if settings.ray_num_cpus:
         cmd.append(f"--num-cpus={settings.ray_num_cpus}")
+    if block:
+        cmd.append("--block")
+    return cmd
+
+
+def start(settings: Settings) -> bool:
+    """Start the head unless it runs; returns True if it was started now."""
+    if is_running(settings):
+        return False
+    cmd = command(settings)
     result = subprocess.run(cmd, env=environment(settings), capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
         raise RuntimeError(f"ray start failed ({result.returncode}):\n{result.stderr.strip() or result.stdout.strip()}")
@@ -139,3 +147,17 @@ def _zombie(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.Error:
         return True
+
+
+def main() -> None:
+    """``python -m app.serving.ray_head``: run the head in the foreground (a systemd service)."""
+    from app.settings import get_settings
+
+    settings = get_settings()
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    cmd = command(settings, block=True)
+    os.execve(cmd[0], cmd, environment(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -29,6 +29,13 @@ def test_start_twice_status_and_stop(box):
         assert re.search(r"all-minilm-l6-v2 +embed +always on +ready", first.stdout), first.stdout
         assert f"OpenAI endpoint: http://127.0.0.1:{settings.serve_port}/v1" in first.stdout
         assert (settings.models_dir / "tiny-chat" / "model.safetensors").is_file()
+        # The management API runs, with a first admin token printed once and stored only hashed.
+        token = re.search(r"^\[llmbox\]   (llmbox_\S+)$", first.stdout, re.M).group(1)
+        assert token not in settings.admin_tokens_path.read_text()
+        api = f"http://127.0.0.1:{settings.api_port}/api"
+        assert f"management API: http://127.0.0.1:{settings.api_port}/docs" in first.stdout
+        models = httpx.get(f"{api}/models", timeout=30)
+        assert models.status_code == 200 and models.headers["etag"] == '"0"'
         running = set(ray_head.pids(settings))
         assert running
 
@@ -60,6 +67,7 @@ def test_start_twice_status_and_stop(box):
 
         status = start_sh("status")
         assert status.returncode == 0 and "Ray head: running" in status.stdout
+        assert f"management API: running on http://127.0.0.1:{settings.api_port}" in status.stdout
         assert re.search(r"tiny-chat +generate +on demand +unloaded", status.stdout), status.stdout
 
         # A registry edit reaches the running box with `./start.sh reconcile`.
@@ -70,7 +78,9 @@ def test_start_twice_status_and_stop(box):
         assert [m["id"] for m in httpx.get(f"{url}/models").json()["data"]] == ["all-minilm-l6-v2"]
     finally:
         stopped = start_sh("stop")
-    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert stopped.returncode == 0 and "stopped the management API" in stopped.stdout
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{settings.api_port}/api/health", timeout=2)
     # Nothing of that head is left: no process names its temp dir or its GCS address.
     marks = (str(ray_head.temp_dir(settings)), f"127.0.0.1:{settings.ray_port}")
     leftovers = []

@@ -1,0 +1,60 @@
+"""The management API's app factory: ``create_app(settings)``."""
+
+from __future__ import annotations
+
+import logging
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+
+from app.api import changes, errors
+from app.api.deps import authorize
+from app.api.limits import BodyLimit
+from app.api.routes import downloads, events, gpu, hub, models, registry, serving
+from app.api.serving_client import ServingClient
+from app.events import EventLog
+from app.hub.downloads import DownloadManager
+from app.registry.store import RegistryStore
+from app.settings import Settings
+
+log = logging.getLogger("llmbox.api")
+MAX_BODY_BYTES = 1024 * 1024
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """Build the API for these settings (tests build their own)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = app.state
+        state.downloads.resume_unfinished()  # downloads cut short by a restart continue
+        try:
+            changes.start_missing_downloads(state.store.read(), state.downloads, state.events)
+        except Exception as exc:  # no registry yet: nothing to download
+            log.warning("registry not readable at start: %s", exc)
+        yield
+        state.downloads.shutdown()
+
+    app = FastAPI(title="llmbox management API", version="1", lifespan=lifespan, dependencies=[Depends(authorize)],
+                  description="Registry, serving control, GPU status, Hugging Face browse and downloads, events.")
+    app.state.settings = settings
+    app.state.store = RegistryStore(settings.registry_path, settings.registry_history_keep)
+    app.state.serving = ServingClient(settings)
+    app.state.events = EventLog(settings.state_dir / "events.jsonl")
+    app.state.downloads = DownloadManager(
+        settings.models_dir, settings.state_dir, endpoint=settings.hf_endpoint,
+        token=settings.hf_token.get_secret_value() if settings.hf_token else None,
+        on_event=lambda kind, data: app.state.events.record(kind, **data),
+        min_free_bytes=int(settings.download_min_free_gb * 1024**3),
+    )
+    errors.install(app)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    for module in (models, registry, serving, gpu, hub, downloads, events):
+        app.include_router(module.router)
+
+    @app.get("/api/health", tags=["health"])
+    def health() -> dict:
+        """Liveness (no auth)."""
+        return {"status": "ok"}
+
+    return app

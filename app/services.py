@@ -1,0 +1,77 @@
+"""Background services of the single-box path (the management API, the admin UI): start, stop, status.
+
+Each runs as its own process group with a PID file ``<state_dir>/<name>.pid`` and a log in
+``<state_dir>/logs/<name>.log``. Stop signals the PID from the file (after checking that the
+process is the one we started), never a name pattern.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+
+from app.settings import Settings
+
+
+def _pid_file(settings: Settings, name: str) -> Path:
+    return settings.state_dir / f"{name}.pid"
+
+
+def pid(settings: Settings, name: str) -> int | None:
+    """The PID of the running service, or None (a stale PID file is ignored)."""
+    try:
+        value = int(_pid_file(settings, name).read_text().strip())
+        proc = psutil.Process(value)
+        if proc.status() != psutil.STATUS_ZOMBIE and f"llmbox-{name}" in proc.environ().get("LLMBOX_SERVICE", ""):
+            return value
+    except (OSError, ValueError, psutil.Error):
+        pass
+    return None
+
+
+def start(settings: Settings, name: str, module: str, health_url: str, timeout_s: float = 60) -> bool:
+    """Start ``python -m module`` unless it runs; wait until ``health_url`` answers. True if started now."""
+    if pid(settings, name):
+        return False
+    logs = settings.state_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "LLMBOX_SERVICE": f"llmbox-{name}"}
+    with open(logs / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", module], cwd=settings.root_dir, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    _pid_file(settings, name).write_text(f"{proc.pid}\n")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = (logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"{name} exited with {proc.returncode}:\n" + "\n".join(tail))
+        try:
+            if httpx.get(health_url, timeout=2).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise RuntimeError(f"{name} did not answer on {health_url} within {timeout_s:.0f} s (see {logs / name}.log)")
+
+
+def stop(settings: Settings, name: str, grace_s: float = 10) -> int | None:
+    """Stop the service (SIGTERM, then SIGKILL after ``grace_s``); returns its PID if it ran."""
+    target = pid(settings, name)
+    if target is None:
+        _pid_file(settings, name).unlink(missing_ok=True)
+        return None
+    os.killpg(target, signal.SIGTERM)  # its own group: the service and anything it started
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and pid(settings, name):
+        time.sleep(0.2)
+    if pid(settings, name):
+        os.killpg(target, signal.SIGKILL)
+    _pid_file(settings, name).unlink(missing_ok=True)
+    return target

@@ -1,0 +1,68 @@
+"""Auth: every write needs an admin token; read tokens cannot write; beyond loopback all routes
+need a token, and the API refuses to start there without one."""
+
+import subprocess
+import sys
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.app import create_app
+from app.api.tokens import TokenFile, hash_token
+from app.settings import Settings
+from tests.api.conftest import api_env
+from tests.conftest import ROOT
+
+SAMPLE = {"model_id": "m0", "revision": "1", "download_id": "org--name--main", "org": "org", "name": "name"}
+
+
+def write_routes(client) -> list[tuple[str, str]]:
+    spec = client.get("/openapi.json").json()
+    routes = [(method.upper(), path.format(**SAMPLE)) for path, ops in spec["paths"].items()
+              for method in ops if method.upper() not in ("GET", "HEAD")]
+    assert len(routes) == 11  # models 3, restore, load, unload, reconcile, downloads 4: all covered
+    return routes
+
+
+def test_every_write_without_a_token_is_401_and_with_a_read_token_403(api):
+    with api.client() as anonymous, api.client(api.reader) as reader, api.client("llmbox_forged") as forged:
+        for method, path in write_routes(anonymous):
+            response = anonymous.request(method, path, json={}, headers={"If-Match": '"0"'})
+            assert response.status_code == 401, (method, path, response.text)
+            assert response.json()["error"]["type"] == "authentication_error"
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert forged.request(method, path, json={}).status_code == 401
+            denied = reader.request(method, path, json={})
+            assert denied.status_code == 403 and denied.json()["error"]["code"] == "read_only_token", (method, path)
+        assert reader.get("/api/models").status_code == 200  # a read token reads
+
+
+def test_tokens_are_stored_hashed(api):
+    text = (api.base / "var" / "admin-tokens").read_text()
+    assert api.admin not in text and hash_token(api.admin) in text
+    assert (api.base / "var" / "admin-tokens").stat().st_mode & 0o777 == 0o600
+    assert api.admin not in (api.base / "api.log").read_text()
+
+
+def test_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
+    env = api_env(tmp_path, LLMBOX_HOST="0.0.0.0")
+    result = subprocess.run([sys.executable, "-m", "app.api"], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2
+    assert "LLMBOX_HOST=0.0.0.0 is reachable beyond this machine but no management API token" in result.stderr
+    assert "Traceback" not in result.stderr
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"http://127.0.0.1:{env['LLMBOX_API_PORT']}/api/health", timeout=1)
+
+
+def test_beyond_loopback_reads_need_a_token_too(tmp_path):
+    settings = Settings(host="0.0.0.0", state_dir=tmp_path / "var", models_dir=tmp_path / "models",
+                        registry_path=tmp_path / "models.yml")
+    token = TokenFile(settings.admin_tokens_path).add("ops", "read")
+    with TestClient(create_app(settings)) as client:
+        refused = client.get("/api/events")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_token"
+        assert client.get("/api/events", headers={"Authorization": f"Bearer {token}"}).status_code == 200
+        assert client.get("/api/health").status_code == 200  # liveness stays open
+        assert client.get("/api/events", headers={"Authorization": "Basic abc"}).status_code == 401
