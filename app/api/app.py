@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 
 from app.api import changes, errors
 from app.api.deps import authorize
+from app.api.errors import ApiError
 from app.api.limits import BodyLimit
 from app.api.routes import downloads, events, gpu, hub, models, registry, serving
 from app.api.serving_client import ServingClient
@@ -52,9 +53,17 @@ def create_app(settings: Settings) -> FastAPI:
     for module in (models, registry, serving, gpu, hub, downloads, events):
         app.include_router(module.router)
 
-    @app.get("/api/health", tags=["health"])
+    @app.get("/api/health", tags=["auth"])
     def health() -> dict:
         """Liveness (no auth)."""
         return {"status": "ok"}
+
+    @app.get("/api/whoami", tags=["auth"])
+    def whoami(request: Request) -> dict:
+        """The token's name and scope (the admin UI's login check); 401 without a valid token."""
+        principal = request.state.principal
+        if principal is None:
+            raise ApiError(401, "missing_token", "send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
+        return {"name": principal.name, "scope": principal.scope}
 
     return app

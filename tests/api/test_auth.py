@@ -66,3 +66,9 @@ def test_beyond_loopback_reads_need_a_token_too(tmp_path):
         assert client.get("/api/events", headers={"Authorization": f"Bearer {token}"}).status_code == 200
         assert client.get("/api/health").status_code == 200  # liveness stays open
         assert client.get("/api/events", headers={"Authorization": "Basic abc"}).status_code == 401
+
+
+def test_whoami_names_the_token_and_its_scope(api):
+    with api.client(api.reader) as reader, api.client() as anonymous:
+        assert reader.get("/api/whoami").json() == {"name": "viewer", "scope": "read"}
+        assert anonymous.get("/api/whoami").status_code == 401
