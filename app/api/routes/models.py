@@ -25,7 +25,9 @@ def checked_id(model_id: str) -> str:
 
 def public(entry: ModelEntry, runtime: dict | None) -> dict[str, Any]:
     """A registry entry plus its live state (``state: unknown`` when the serving plane is down)."""
-    live = {"state": "unknown"} if runtime is None else {k: v for k, v in runtime.items() if k not in entry.model_fields}
+    # The manager's memory_gb is the measured one when there is a measurement (else the entry's).
+    live = {"state": "unknown"} if runtime is None else {
+        k: v for k, v in runtime.items() if k not in entry.model_fields or k == "memory_gb"}
     return {**entry.model_dump(mode="json"), **live}
 
 
