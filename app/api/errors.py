@@ -44,6 +44,13 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "; ".join(parts)
 
 
+def _plain(status: int, code: str):
+    async def handler(_: Request, exc: Exception):
+        return error_response(status, code, str(exc))
+
+    return handler
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers that turn exceptions into the error shape."""
 
@@ -65,21 +72,10 @@ def install(app: FastAPI) -> None:
         return error_response(409, "revision_conflict", str(exc), {"ETag": f'"{exc.current_revision}"'},
                               current_revision=exc.current_revision)
 
-    @app.exception_handler(RegistryInvalid)
-    async def _registry_invalid(_: Request, exc: RegistryInvalid):
-        return error_response(400, "invalid_registry", str(exc))
-
-    @app.exception_handler(ModelNotFound)
-    async def _missing(_: Request, exc: ModelNotFound):
-        return error_response(404, "model_not_found", str(exc))
-
-    @app.exception_handler(ModelExists)
-    async def _exists(_: Request, exc: ModelExists):
-        return error_response(409, "model_exists", str(exc))
-
-    @app.exception_handler(RegistryError)
-    async def _registry(_: Request, exc: RegistryError):
-        return error_response(404, "not_found", str(exc))
+    # Exceptions of the registry layer, each with the status and code a client can act on.
+    for kind, status, code in ((RegistryInvalid, 400, "invalid_registry"), (ModelNotFound, 404, "model_not_found"),
+                               (ModelExists, 409, "model_exists"), (RegistryError, 404, "not_found")):
+        app.add_exception_handler(kind, _plain(status, code))
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
