@@ -44,9 +44,11 @@ def start(settings: Settings) -> None:
     deploy.up(settings)
     say("serving plane up; waiting for the always-on model(s) to load")
     start_api(settings)
+    start_ui(settings)
     status = deploy.wait_for_always_on(settings.load_timeout_s)
     say(f"OpenAI endpoint: http://{settings.host}:{settings.serve_port}/v1  (metrics: /metrics)")
     say(f"management API: {api_url(settings)}/docs")
+    say(f"admin UI: {ui_url(settings)}  (log in with an admin token)")
     _print_status(status)
 
 
@@ -62,11 +64,24 @@ def start_api(settings: Settings) -> None:
         say(f"created the first admin token (shown once, stored hashed in {tokens.path}):")
         say(f"  {token}")
         say("  more: ./start.sh token NAME")
-    health = f"http://127.0.0.1:{settings.api_port}/api/health"
+    health = f"http://{services.local_host(settings)}:{settings.api_port}/api/health"
     if services.start(settings, "api", "app.api", health):
         say(f"started the management API on {api_url(settings)}")
     else:
         say(f"the management API already runs on {api_url(settings)}")
+
+
+def ui_url(settings: Settings) -> str:
+    return f"http://{settings.host}:{settings.ui_port}"
+
+
+def start_ui(settings: Settings) -> None:
+    """Start the admin UI (python -m frontend); it talks to the management API only."""
+    health = f"http://{services.local_host(settings)}:{settings.ui_port}/healthz"
+    if services.start(settings, "ui", "frontend", health):
+        say(f"started the admin UI on {ui_url(settings)}")
+    else:
+        say(f"the admin UI already runs on {ui_url(settings)}")
 
 
 def deploy_only(settings: Settings) -> int:
@@ -86,11 +101,14 @@ def deploy_only(settings: Settings) -> int:
 
 
 def stop(settings: Settings) -> None:
+    ui = services.stop(settings, "ui")
+    if ui:
+        say(f"stopped the admin UI (pid {ui})")
     api = services.stop(settings, "api")
     if api:
         say(f"stopped the management API (pid {api})")
     stopped = ray_head.stop(settings)
-    say(f"stopped {len(stopped)} Ray processes" if stopped or api else "nothing was running")
+    say(f"stopped {len(stopped)} Ray processes" if stopped or api or ui else "nothing was running")
 
 
 def new_token(settings: Settings, name: str, scope: str) -> int:
@@ -118,6 +136,8 @@ def status(settings: Settings) -> int:
     say(f"Ray head: {'running on ' + ray_head.address(settings) if running else 'not running'}")
     api = services.pid(settings, "api")
     say(f"management API: {'running on ' + api_url(settings) + f' (pid {api})' if api else 'not running'}")
+    ui = services.pid(settings, "ui")
+    say(f"admin UI: {'running on ' + ui_url(settings) + f' (pid {ui})' if ui else 'not running'}")
     if not running:
         return 3  # "not running", as LSB status scripts say
     deploy.connect(settings)

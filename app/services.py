@@ -20,6 +20,11 @@ import psutil
 from app.settings import Settings
 
 
+def local_host(settings: Settings) -> str:
+    """Where this machine reaches a server bound to ``settings.host`` (for health checks)."""
+    return "127.0.0.1" if settings.host in ("0.0.0.0", "::", "localhost") else settings.host
+
+
 def _pid_file(settings: Settings, name: str) -> Path:
     return settings.state_dir / f"{name}.pid"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 import logging
 from contextlib import asynccontextmanager
 
@@ -29,11 +31,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI):
         state = app.state
         state.downloads.resume_unfinished()  # downloads cut short by a restart continue
+        # Importing Ray takes seconds: do it now, not in the first request that needs the manager.
+        warm = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "app.lifecycle.manager")
         try:
             changes.start_missing_downloads(state.store.read(), state.downloads, state.events)
         except Exception as exc:  # no registry yet: nothing to download
             log.warning("registry not readable at start: %s", exc)
         yield
+        await warm
         state.downloads.shutdown()
 
     app = FastAPI(title="llmbox management API", version="1", lifespan=lifespan, dependencies=[Depends(authorize)],

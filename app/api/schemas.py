@@ -44,6 +44,7 @@ class RegisterDownload(BaseModel):
     task: Literal["generate", "embed"] | None = Field(None, description="Default: from the repo's task tag.")
     serve: bool = Field(True, description="Serve it at once.")
     idle_timeout_s: int | None = Field(None, ge=0)
+    engine: dict[str, Any] | None = Field(None, description="Engine settings (see the registry schema).")
 
 
 class StartDownload(BaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from fastapi import APIRouter, Response
+from pydantic import ValidationError
 
 from app.api import changes
 from app.api.deps import (BaseRevision, DownloadsDep, EventsDep, ServingDep, StoreDep, Writer,
@@ -14,6 +15,7 @@ from app.api.schemas import RegisterDownload, StartDownload, WriteResult
 from app.api.routes.hub import hub_error
 from app.hub.errors import HubError
 from app.registry.edits import add_model
+from app.registry.store import describe
 from app.registry.schema import ModelEntry
 
 router = APIRouter(prefix="/api/downloads", tags=["downloads"])
@@ -78,9 +80,9 @@ async def register(download_id: str, body: RegisterDownload, base: BaseRevision,
     try:
         entry = ModelEntry(id=model_id, source=repo, revision=None if revision == "main" else revision,
                            task=task, serve=body.serve, idle_timeout_s=body.idle_timeout_s,
-                           memory_gb=record.get("estimated_memory_gb"))
-    except ValueError as exc:
-        raise ApiError(400, "invalid_model", str(exc)) from None
+                           **({"engine": body.engine} if body.engine else {}))
+    except ValidationError as exc:
+        raise ApiError(400, "invalid_model", describe(exc)) from None
     result = await changes.commit(store, serving, downloads, events, who, base,
                                   lambda doc: add_model(doc, entry), "add from download", model_id)
     response.headers.update(etag(result["revision"]))

@@ -1,0 +1,35 @@
+"""Run the admin UI: ``python -m frontend`` (./start.sh does this in the background).
+
+Serves with waitress on ``LLMBOX_HOST:LLMBOX_UI_PORT``. Like the management API, it refuses to
+listen beyond loopback while no API token exists (nobody could log in, and nothing may be open).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from waitress import serve
+
+from app.api.tokens import TokenFile
+from app.settings import get_settings
+from frontend import create_app
+
+
+def main() -> int:
+    settings = get_settings()
+    try:
+        settings.check_api_exposure(len(TokenFile(settings.admin_tokens_path).entries()))
+    except ValueError as exc:
+        print(f"[llmbox-ui] refusing to start: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app()
+    logging.getLogger("llmbox.ui").info("admin UI on http://%s:%d (management API %s)", settings.host,
+                                        settings.ui_port, app.config["API_URL"])
+    serve(app, host=settings.host, port=settings.ui_port, threads=8, ident="llmbox-ui")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""The admin UI against a real management API process (``python -m app.api``) and the hub stand-in.
+
+No serving plane runs here (the API answers 503 ``serving_unavailable`` for serving calls, which
+the UI must show plainly); tests/ui/test_e2e.py drives a whole box in a real browser.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from html import unescape
+from pathlib import Path
+
+import pytest
+
+from app.api.tokens import TokenFile
+from app.devtools.hub_standin import LLAMA_70B_CONFIG, HubStandin, add_declared_model, fake_safetensors
+from app.registry.store import RegistryStore
+from frontend import create_app
+from tests.api.conftest import REGISTRY, Api, api_env, run_api
+
+SMALL_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
+                "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 1024, "vocab_size": 1024,
+                "torch_dtype": "float32"}
+
+
+def small_repo() -> dict[str, bytes]:
+    """A small real repo (~300 KB of weights): config, safetensors with real bytes, tokenizer files."""
+    header, size = fake_safetensors({"model.embed_tokens.weight": ("F32", [256, 256]),
+                                     "lm_head.weight": ("F32", [64, 256])})
+    weights = header + b"\0" * (size - len(header))
+    return {"config.json": json.dumps(SMALL_CONFIG).encode(), "model.safetensors": weights,
+            "tokenizer.json": b"{}", "tokenizer_config.json": b"{}"}
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    standin = HubStandin(root=tmp_path_factory.mktemp("ui-hub"))
+    standin.add_repo("acme/small-chat", small_repo(), downloads=500, likes=7)
+    standin.add_repo("acme/small-embed", small_repo(), pipeline_tag="sentence-similarity", downloads=200)
+    add_declared_model(standin, "acme/llama-70b-shaped", LLAMA_70B_CONFIG, downloads=9000)
+    with standin.serve() as url:
+        standin.url = url
+        yield standin
+
+
+@pytest.fixture(scope="session")
+def api(tmp_path_factory, hub):
+    base = tmp_path_factory.mktemp("ui-api")
+    env = api_env(base, LLMBOX_HF_ENDPOINT=hub.url, LLMBOX_CPU_MEMORY_BUDGET_GB="8")
+    RegistryStore(Path(env["LLMBOX_REGISTRY_PATH"])).create(REGISTRY)
+    tokens = TokenFile(base / "var" / "admin-tokens")
+    admin, reader = tokens.add("alice"), tokens.add("viewer", "read")
+    proc, url = run_api(env, base)
+    try:
+        yield Api(url, admin, reader, env, base)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@pytest.fixture
+def app(api):
+    return create_app({"API_URL": api.url, "SECRET_KEY": "ui-test-secret-" * 3, "TESTING": True})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def csrf(client) -> str:
+    client.get("/login")  # makes sure the session has a CSRF token
+    with client.session_transaction() as session:
+        return session["csrf"]
+
+
+def post(client, url: str, data: dict | None = None, **kwargs):
+    """A form POST as the browser sends it (with the page's CSRF token)."""
+    return client.post(url, data={"csrf_token": csrf(client), **(data or {})}, **kwargs)
+
+
+def login(client, token: str):
+    response = post(client, "/login", {"token": token})
+    assert response.status_code == 302, flashes(response)
+    return client
+
+
+def flashes(response) -> list[str]:
+    """The messages shown to the person (flash boxes), whitespace collapsed."""
+    html = response.get_data(as_text=True)
+    return [" ".join(unescape(re.sub(r"<[^>]+>", " ", m)).split())
+            for m in re.findall(r'<(?:div|p) class="flash[^"]*" role="[^"]+"[^>]*>(.*?)</(?:div|p)>', html, re.S)]
+
+
+@pytest.fixture
+def admin(client, api):
+    return login(client, api.admin)
+
+
+@pytest.fixture
+def someone_else(api):
+    """The API as someone else would use it (to make changes behind the UI's back)."""
+    with api.client(api.admin) as http:
+        yield http

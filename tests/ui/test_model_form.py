@@ -1,0 +1,35 @@
+"""The model form's conversions (pure functions): what an edit sends is exactly what changed."""
+
+from werkzeug.datastructures import MultiDict
+
+from frontend.model_form import changes, entry_from_form, form_from_entry
+
+ENTRY = {"id": "chat", "source": "org/chat", "revision": None, "task": "generate", "serve": True, "always_on": False,
+         "idle_timeout_s": None, "memory_gb": 2.5,
+         "engine": {"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 1,
+                    "gpu_memory_utilization": None, "enforce_eager": True, "extra_args": {"seed": 1, "a": 2}}}
+
+
+def form(**overrides) -> MultiDict:
+    values = {k: v for k, v in form_from_entry(ENTRY).items() if v not in (False, None)}
+    values = {k: ("on" if v is True else str(v)) for k, v in values.items()}
+    values.update(overrides)
+    return MultiDict({k: v for k, v in values.items() if v is not None})
+
+
+def test_an_unchanged_form_is_no_change():
+    entry, errors = entry_from_form(form())
+    assert errors == [] and changes(ENTRY, entry) == {}
+
+
+def test_only_what_differs_is_sent_and_cleared_fields_reset():
+    entry, _ = entry_from_form(form(serve=None, memory_gb="", engine_max_model_len="1024",
+                                    engine_extra_args='{"seed": 2}'))
+    assert changes(ENTRY, entry) == {"serve": False, "memory_gb": None,
+                                     "engine": {"max_model_len": 1024, "extra_args": {"seed": 2, "a": None}}}
+
+
+def test_unreadable_fields_are_named():
+    _, errors = entry_from_form(form(idle_timeout_s="1.5", memory_gb="lots", engine_extra_args="nope"))
+    assert errors == ["idle_timeout_s: '1.5' is not a whole number", "memory_gb: 'lots' is not a number",
+                      'engine.extra_args: write a JSON object, e.g. {"trust_remote_code": true}']
