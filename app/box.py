@@ -64,11 +64,7 @@ def start_api(settings: Settings) -> None:
         say(f"created the first admin token (shown once, stored hashed in {tokens.path}):")
         say(f"  {token}")
         say("  more: ./start.sh token NAME")
-    health = f"http://{services.local_host(settings)}:{settings.api_port}/api/health"
-    if services.start(settings, "api", "app.api", health):
-        say(f"started the management API on {api_url(settings)}")
-    else:
-        say(f"the management API already runs on {api_url(settings)}")
+    _start_service(settings, "api", "app.api", settings.api_port, "/api/health", "the management API")
 
 
 def ui_url(settings: Settings) -> str:
@@ -77,11 +73,15 @@ def ui_url(settings: Settings) -> str:
 
 def start_ui(settings: Settings) -> None:
     """Start the admin UI (python -m frontend); it talks to the management API only."""
-    health = f"http://{services.local_host(settings)}:{settings.ui_port}/healthz"
-    if services.start(settings, "ui", "frontend", health):
-        say(f"started the admin UI on {ui_url(settings)}")
+    _start_service(settings, "ui", "frontend", settings.ui_port, "/healthz", "the admin UI")
+
+
+def _start_service(settings: Settings, name: str, module: str, port: int, health_path: str, label: str) -> None:
+    url = f"http://{settings.host}:{port}"
+    if services.start(settings, name, module, f"http://{services.local_host(settings)}:{port}{health_path}"):
+        say(f"started {label} on {url}")
     else:
-        say(f"the admin UI already runs on {ui_url(settings)}")
+        say(f"{label} already runs on {url}")
 
 
 def deploy_only(settings: Settings) -> int:

@@ -6,6 +6,8 @@ driving a real serving plane.
 """
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 import subprocess
 import sys
 import time
@@ -75,10 +77,10 @@ def hub(tmp_path_factory):
         yield standin
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory, hub):
-    base = tmp_path_factory.mktemp("api")
-    env = api_env(base, LLMBOX_HF_ENDPOINT=hub.url)
+@contextmanager
+def api_process(base: Path, **env_vars) -> Iterator[Api]:
+    """A running API over ``base`` with the test registry and two tokens (alice: admin, viewer: read)."""
+    env = api_env(base, **env_vars)
     RegistryStore(Path(env["LLMBOX_REGISTRY_PATH"])).create(REGISTRY)
     tokens = TokenFile(base / "var" / "admin-tokens")
     admin, reader = tokens.add("alice"), tokens.add("viewer", "read")
@@ -88,3 +90,9 @@ def api(tmp_path_factory, hub):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, hub):
+    with api_process(tmp_path_factory.mktemp("api"), LLMBOX_HF_ENDPOINT=hub.url) as running_api:
+        yield running_api

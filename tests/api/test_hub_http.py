@@ -98,3 +98,18 @@ def test_a_download_the_disk_cannot_hold_is_refused_before_it_starts(api, hub):
         assert refused.status_code == 507 and refused.json()["error"]["code"] == "not_enough_disk"
         assert "free" in refused.json()["error"]["message"]
         assert all(d["repo_id"] != "acme/too-big" for d in c.get("/api/downloads").json()["downloads"])
+
+
+def test_register_takes_engine_settings_and_refuses_bad_ones(api):
+    with api.client(api.admin) as c:
+        record = c.post("/api/downloads", json={"repo_id": "acme/tiny-chat"}).json()
+        assert record["state"] == "completed"  # downloaded by an earlier test: not fetched again
+        base = c.get("/api/registry").headers["etag"]
+        bad = c.post(f"/api/downloads/{record['id']}/register",
+                     json={"id": "tiny-eager", "engine": {"dtype": "float8"}}, headers={"If-Match": base})
+        assert bad.status_code == 400 and "engine.dtype" in bad.json()["error"]["message"]
+        good = c.post(f"/api/downloads/{record['id']}/register",
+                      json={"id": "tiny-eager", "engine": {"dtype": "float32", "enforce_eager": True}},
+                      headers={"If-Match": base})
+        assert good.status_code == 201, good.text
+        assert c.get("/api/models/tiny-eager").json()["engine"]["enforce_eager"] is True

@@ -9,15 +9,12 @@ from __future__ import annotations
 import json
 import re
 from html import unescape
-from pathlib import Path
 
 import pytest
 
-from app.api.tokens import TokenFile
 from app.devtools.hub_standin import LLAMA_70B_CONFIG, HubStandin, add_declared_model, fake_safetensors
-from app.registry.store import RegistryStore
 from frontend import create_app
-from tests.api.conftest import REGISTRY, Api, api_env, run_api
+from tests.api.conftest import api_process
 
 SMALL_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
                 "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -47,17 +44,9 @@ def hub(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def api(tmp_path_factory, hub):
-    base = tmp_path_factory.mktemp("ui-api")
-    env = api_env(base, LLMBOX_HF_ENDPOINT=hub.url, LLMBOX_CPU_MEMORY_BUDGET_GB="8")
-    RegistryStore(Path(env["LLMBOX_REGISTRY_PATH"])).create(REGISTRY)
-    tokens = TokenFile(base / "var" / "admin-tokens")
-    admin, reader = tokens.add("alice"), tokens.add("viewer", "read")
-    proc, url = run_api(env, base)
-    try:
-        yield Api(url, admin, reader, env, base)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    with api_process(tmp_path_factory.mktemp("ui-api"), LLMBOX_HF_ENDPOINT=hub.url,
+                     LLMBOX_CPU_MEMORY_BUDGET_GB="8") as running_api:
+        yield running_api
 
 
 @pytest.fixture
