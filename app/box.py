@@ -96,7 +96,12 @@ def deploy_only(settings: Settings) -> int:
         make_tiny_model(settings.models_dir / "tiny-chat")
         store.create(default_registry_text(device, settings.models_dir))
     deploy.up(settings)
-    _print_status(deploy.wait_for_always_on(settings.load_timeout_s))
+    status = deploy.wait_for_always_on(settings.load_timeout_s)
+    _print_status(status)
+    failed = [m["id"] for m in status["models"] if m["always_on"] and m["serve"] and m["state"] == "failed"]
+    if failed:
+        say(f"always-on model(s) failed to load: {', '.join(failed)}")
+        return 1  # systemd marks the deploy unit failed (and retries it)
     return 0
 
 
