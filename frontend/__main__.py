@@ -11,17 +11,14 @@ import sys
 
 from waitress import serve
 
-from app.api.tokens import TokenFile
+from app.api.tokens import exposure_refused
 from app.settings import get_settings
 from frontend import create_app
 
 
 def main() -> int:
     settings = get_settings()
-    try:
-        settings.check_api_exposure(len(TokenFile(settings.admin_tokens_path).entries()))
-    except ValueError as exc:
-        print(f"[llmbox-ui] refusing to start: {exc}", file=sys.stderr)
+    if exposure_refused(settings, "llmbox-ui"):
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app()

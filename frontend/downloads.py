@@ -6,7 +6,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
 from frontend.api_client import ApiError, seg
-from frontend.models import conflict_message, saved_message
+from frontend.models import flash_write_error, saved_message
 
 bp = Blueprint("downloads", __name__, url_prefix="/downloads")
 
@@ -60,10 +60,7 @@ def register(download_id: str):
         result = g.api.post(f"/api/downloads/{seg(download_id)}/register", json=body,
                             revision=int(request.form.get("base_revision", "0")))
     except ApiError as exc:
-        if exc.status == 401:
-            raise
-        flash(conflict_message(exc) if exc.conflict else f"Could not add {download_id}: {exc.message}",
-              "conflict" if exc.conflict else "error")
+        flash_write_error(exc, f"Could not add {download_id}")
         return redirect(url_for("downloads.index"))
     model = (result.get("model") or {}).get("id", download_id)
     flash(saved_message(result, f"Added {model} to the registry{'' if body['serve'] else ' (not served yet)'}"), "info")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, flash, g, redirect, render_template, request, url_for
 
 from frontend.api_client import ApiError
-from frontend.models import conflict_message, saved_message
+from frontend.models import flash_write_error, saved_message
 
 bp = Blueprint("history", __name__, url_prefix="/history")
 
@@ -51,10 +51,7 @@ def restore(revision: int):
         result = g.api.post(f"/api/registry/history/{revision}/restore",
                             revision=int(request.form.get("base_revision", "0")))
     except ApiError as exc:
-        if exc.status == 401:
-            raise
-        flash(conflict_message(exc) if exc.conflict else f"Not restored: {exc.message}",
-              "conflict" if exc.conflict else "error")
+        flash_write_error(exc, "Not restored")
         return redirect(url_for("history.show", revision=revision))
     flash(saved_message(result, f"Restored revision {revision}"), "info")
     return redirect(url_for("history.index"))

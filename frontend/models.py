@@ -17,6 +17,17 @@ def conflict_message(exc: ApiError) -> str:
             "Reload to see their change; your edit was not applied.")
 
 
+def flash_write_error(exc: ApiError, failed: str) -> None:
+    """Show why a registry write failed: the conflict message, or ``failed`` + the API's message.
+    A 401 (the token was revoked) is re-raised so the login handler logs the user out."""
+    if exc.status == 401:
+        raise exc
+    if exc.conflict:
+        flash(conflict_message(exc), "conflict")
+    else:
+        flash(f"{failed}: {exc.message}", "error")
+
+
 def saved_message(result: dict, what: str) -> str:
     applied = result.get("applied") or {}
     text = f"{what}: saved as registry revision {result['revision']}"

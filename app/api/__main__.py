@@ -8,16 +8,13 @@ import sys
 import uvicorn
 
 from app.api.app import create_app
-from app.api.tokens import TokenFile
+from app.api.tokens import exposure_refused
 from app.settings import get_settings
 
 
 def main() -> int:
     settings = get_settings()
-    try:
-        settings.check_api_exposure(len(TokenFile(settings.admin_tokens_path).entries()))
-    except ValueError as exc:
-        print(f"[llmbox-api] refusing to start: {exc}", file=sys.stderr)
+    if exposure_refused(settings, "llmbox-api"):
         return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # The access log names method, path and status: never headers, so tokens stay out of logs.

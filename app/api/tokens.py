@@ -96,6 +96,17 @@ class TokenFile:
             os.replace(tmp, self.path)
 
 
+def exposure_refused(settings, label: str) -> bool:
+    """True (after saying why on stderr) when a server must not listen on ``settings.host``:
+    beyond loopback without a token. The API and the admin UI both check this before binding."""
+    try:
+        settings.check_api_exposure(len(TokenFile(settings.admin_tokens_path).entries()))
+    except ValueError as exc:
+        print(f"[{label}] refusing to start: {exc}", file=sys.stderr)
+        return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     from app.settings import get_settings
 

@@ -42,7 +42,8 @@ def test_serves_on_loopback(tmp_path, api):
         secret = tmp_path / "ui-secret"
         assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and len(secret.read_text().strip()) == 64
         # it reaches the API configured by LLMBOX_API_PORT: a real login works
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as browser:
+        # A browser's patience: the API's first serving call after its start waits for Ray's import.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as browser:
             page = browser.get("/login").text
             token = page.split('name="csrf_token" value="')[1].split('"')[0]
             answer = browser.post("/login", data={"csrf_token": token, "token": api.admin})
