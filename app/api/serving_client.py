@@ -28,8 +28,11 @@ class ServingClient:
         self.settings = settings
         self._connect_lock = asyncio.Lock()
         self._down_until = 0.0
+        self._handle = None  # the manager's actor handle while connected (cleared on any failure)
 
     async def _manager(self):
+        if self._handle is not None:
+            return self._handle  # connected: no process scan, no actor lookup per request
         from app.lifecycle import manager as manager_mod
         from app.serving import deploy, ray_head
 
@@ -37,12 +40,15 @@ class ServingClient:
         if time.monotonic() < self._down_until:
             raise down
         async with self._connect_lock:
+            if self._handle is not None:  # another request connected while this one waited
+                return self._handle
             if not await asyncio.to_thread(ray_head.is_running, self.settings):
                 self._down_until = time.monotonic() + DOWN_RECHECK_S
                 raise down
             try:
                 await asyncio.to_thread(deploy.connect, self.settings)
-                return manager_mod.handle()
+                self._handle = await asyncio.to_thread(manager_mod.handle)
+                return self._handle
             except Exception as exc:  # no head yet, head restarted, actor gone: all "not running"
                 self._disconnect()
                 raise ApiError(503, "serving_unavailable",
@@ -68,9 +74,9 @@ class ServingClient:
         except ApiError:
             return None
 
-    @staticmethod
-    def _disconnect() -> None:
+    def _disconnect(self) -> None:
         import ray
 
+        self._handle = None
         if ray.is_initialized():
             ray.shutdown()

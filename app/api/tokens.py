@@ -48,16 +48,27 @@ class TokenFile:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
 
+    # Parsed files by path, with the (inode, mtime, size) they were read at: every API request checks a
+    # token, and the file changes only when a token is added or removed.
+    _parsed: dict[Path, tuple[tuple[int, int, int], list[tuple[str, str, str]]]] = {}
+
     def entries(self) -> list[tuple[str, str, str]]:
         """(name, scope, hash) of every token; a missing file means none."""
-        if not self.path.exists():
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
             return []
+        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rewrite is a new file (rename)
+        cached = self._parsed.get(self.path)
+        if cached and cached[0] == version:
+            return list(cached[1])
         rows = []
         for line in self.path.read_text().splitlines():
             parts = line.split()
             if len(parts) == 3 and not line.startswith("#") and parts[1] in SCOPES:
                 rows.append((parts[0], parts[1], parts[2]))
-        return rows
+        self._parsed[self.path] = (version, rows)
+        return list(rows)
 
     def verify(self, token: str) -> Principal | None:
         """The principal this token belongs to, or None."""

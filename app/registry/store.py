@@ -98,7 +98,7 @@ class RegistryStore:
 
     def revision_text(self, revision: int) -> str:
         """The YAML text of a kept revision, as it was written."""
-        path = self._history_path(revision)
+        path = self.history_path(revision)
         if not path.exists():
             raise RegistryError(f"revision {revision} is not in the history")
         return path.read_text()
@@ -170,7 +170,8 @@ class RegistryStore:
     def _body(doc: CommentedMap) -> CommentedMap:
         return doc[ROOT_KEY]
 
-    def _history_path(self, revision: int) -> Path:
+    def history_path(self, revision: int) -> Path:
+        """Where a revision is kept (it may have been pruned)."""
         return self.history_dir / f"{revision:08d}.yml"
 
     @contextlib.contextmanager
@@ -192,7 +193,7 @@ class RegistryStore:
         _yaml().dump(doc, out)
         text = out.getvalue()
         self.history_dir.mkdir(exist_ok=True)
-        _atomic_write(self._history_path(revision), text, tmp_prefix=".tmp-")
+        _atomic_write(self.history_path(revision), text, tmp_prefix=".tmp-")
         _atomic_write(self.path, text, tmp_prefix=f".{self.path.name}.tmp-")
         self._prune_history()
 
@@ -200,7 +201,7 @@ class RegistryStore:
         if self.history_keep <= 0:
             return
         for revision in self.history()[: -self.history_keep]:
-            self._history_path(revision).unlink(missing_ok=True)
+            self.history_path(revision).unlink(missing_ok=True)
 
 
 def _atomic_write(path: Path, text: str, tmp_prefix: str) -> None:

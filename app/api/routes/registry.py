@@ -27,7 +27,7 @@ def registry(store: StoreDep, response: Response) -> dict:
 def history(store: StoreDep) -> dict:
     """Kept revisions, newest first, with when each was written."""
     revisions = store.history()
-    rows = [{"revision": r, "written": store.history_dir.joinpath(f"{r:08d}.yml").stat().st_mtime}
+    rows = [{"revision": r, "written": store.history_path(r).stat().st_mtime}
             for r in reversed(revisions)]
     return {"current": store.read().revision, "revisions": rows}
 
