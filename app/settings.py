@@ -39,7 +39,7 @@ class Settings(BaseSettings):
 
     # --- network -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address the HTTP servers bind. Beyond loopback needs API keys.")
-    serve_port: int = Field(8000, ge=1, le=65535, description="OpenAI-compatible endpoint (Ray Serve proxy).")
+    serve_port: int = Field(8000, ge=1, le=65535, description="OpenAI-compatible endpoint (the router).")
     api_port: int = Field(8001, ge=1, le=65535, description="Management API (FastAPI).")
     ui_port: int = Field(8080, ge=1, le=65535, description="Admin UI (Flask).")
     ray_port: int = Field(6379, ge=1, le=65535, description="Ray head (GCS) port.")

@@ -15,8 +15,11 @@ import httpx
 from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry
 
 ROOT = Path(__file__).resolve().parents[1]
-# The flags llmbox gives the tiny model (its registry entry), so both sides run the same engine.
-VLLM_FLAGS = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager"]
+# The flags llmbox gives the tiny model (its registry entry), so both sides run the same engine;
+# llmbox runs a one-device engine inside vLLM's EngineCore process (app/engines/lean.py), as
+# `vllm serve` does on a GPU host, so the bare side gets that executor too.
+VLLM_FLAGS = ["--dtype", "float32", "--max-model-len", "512", "--enforce-eager",
+              "--distributed-executor-backend", "uni"]
 
 
 @contextmanager

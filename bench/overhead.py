@@ -4,7 +4,11 @@ Same run, same machine, same engine flags; concurrency 1 and 8, streaming and no
 throughput (requests/s), the llmbox/vllm ratio (target >= 0.90) and the latency llmbox adds
 at p50 and p99.
 
-    .venv/bin/python -m bench.overhead [--requests 48]
+The two sides take turns, in alternating order, with a pause between turns: an engine keeps
+polling for a moment after its last request, and on a small machine that would slow whichever
+side runs next. Each cell is the median of the rounds.
+
+    .venv/bin/python -m bench.overhead [--requests 48] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import box, ensure_ready, percentile, table, tiny_box_entries, vllm_serve
+from bench.common import box, ensure_ready, median, percentile, table, tiny_box_entries, vllm_serve
+
+PAUSE_S = 2.0  # between turns: let the other side's engine go quiet
 
 BODY = {"messages": [{"role": "user", "content": "Tell me about the box."}], "max_tokens": 16,
         "temperature": 0, "ignore_eos": True}
@@ -56,25 +62,43 @@ async def run(url: str, model: str, concurrency: int, stream: bool, requests: in
         return requests / (time.perf_counter() - started), latencies
 
 
+def cell(sides: dict[str, tuple[str, str]], concurrency: int, stream: bool, requests: int,
+         rounds: int) -> dict[str, tuple[float, list[float]]]:
+    """Median throughput and all latencies per side, the sides taking turns in alternating order."""
+    rates: dict[str, list[float]] = {name: [] for name in sides}
+    latencies: dict[str, list[float]] = {name: [] for name in sides}
+    for round_ in range(rounds):
+        order = list(sides) if round_ % 2 == 0 else list(reversed(sides))
+        for name in order:
+            time.sleep(PAUSE_S)
+            rate, lat = asyncio.run(run(*sides[name], concurrency, stream, requests))
+            rates[name].append(rate)
+            latencies[name] += lat
+    return {name: (median(rates[name]), latencies[name]) for name in sides}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     base = Path(tempfile.mkdtemp(prefix="lbb", dir="/tmp"))
     with box(base, tiny_box_entries("tiny")) as settings:
         llmbox = f"http://127.0.0.1:{settings.serve_port}"
         ensure_ready(llmbox, "tiny")
         with vllm_serve(settings.models_dir / "tiny", settings.state_dir / "vllm-cache") as (bare, _):
+            sides = {"llmbox": (llmbox, "tiny"), "vllm": (bare, "bare")}
             rows = []
             for concurrency in (1, 8):
                 for stream in (False, True):
-                    ours, our_lat = asyncio.run(run(llmbox, "tiny", concurrency, stream, args.requests))
-                    theirs, their_lat = asyncio.run(run(bare, "bare", concurrency, stream, args.requests))
+                    result = cell(sides, concurrency, stream, args.requests, args.rounds)
+                    (ours, our_lat), (theirs, their_lat) = result["llmbox"], result["vllm"]
                     rows.append([concurrency, "yes" if stream else "no", f"{ours:.1f}", f"{theirs:.1f}",
                                  f"{ours / theirs:.2f}",
                                  f"{(percentile(our_lat, 50) - percentile(their_lat, 50)) * 1000:+.1f}",
                                  f"{(percentile(our_lat, 99) - percentile(their_lat, 99)) * 1000:+.1f}"])
-    print(f"\nRouter overhead, tiny model, {args.requests} requests per cell, 16 tokens each")
+    print(f"\nRouter overhead, tiny model, {args.rounds} rounds x {args.requests} requests per side and cell, "
+          "16 tokens each (median req/s of the rounds)")
     print(table(["concurrency", "stream", "llmbox req/s", "vllm req/s", "ratio", "added p50 ms", "added p99 ms"],
                 rows))
 

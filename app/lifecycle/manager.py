@@ -4,11 +4,16 @@ Everything that changes a model's state funnels through here, on one asyncio loo
 requests can never start two loads of one model. The router asks ``acquire`` before it forwards
 a request and ``release`` after; the reaper and eviction never touch a model with a request in
 flight. Serve executes what the manager decides (deploy / delete one application per model).
+
+For a ready model the router skips ``acquire`` under a lease (see ``app/serving/leases.py``)
+and counts those requests itself: the manager reads the routers' counts when it needs them and
+revokes their leases before any unload, then decides on fresh numbers.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import time
@@ -32,6 +37,7 @@ ACTOR_NAME = "llmbox-manager"
 NAMESPACE = "llmbox"
 DEFAULT_NEED_GB = 4.0  # memory assumed for a model with neither a measurement nor an estimate
 BACKOFF_S = (5, 15, 60, 300)  # wait before retrying a failed load: 1st, 2nd, 3rd, later failures
+ROUTER_TIMEOUT_S = 5.0  # a router that does not answer in time is taken to have nothing in flight
 
 
 @dataclass
@@ -56,7 +62,9 @@ class Runtime:
     idle_timeout_s: int
     state: State = State.UNLOADED
     since: float = field(default_factory=time.time)  # when the state last changed
-    in_flight: int = 0
+    in_flight: int = 0  # requests counted in by acquire
+    router_in_flight: int = 0  # requests on the routers' fast path, as last read from them
+    lease: int = 0  # the lease number the routers get with "ready" (renewed at each revocation)
     last_used: float | None = None
     last_error: str | None = None
     last_load_s: float | None = None
@@ -83,7 +91,7 @@ class Runtime:
             "always_on": self.entry.always_on,
             "state": self.display_state(),
             "since": self.since,
-            "in_flight": self.in_flight,
+            "in_flight": self.in_flight + self.router_in_flight,
             "last_used": self.last_used,
             "idle_timeout_s": self.idle_timeout_s,
             "memory_gb": self.memory_gb if self.memory_gb is not None else self.entry.memory_gb,
@@ -108,6 +116,12 @@ class Runtime:
             running = self.download and self.download.get("state") in ("queued", "running")
             return "downloading" if running else "not_downloaded"
         return self.state.value
+
+    def busy(self) -> bool:
+        return self.in_flight + self.router_in_flight > 0
+
+    def idle_for(self, now: float) -> float:
+        return now - (self.last_used or self.since)
 
     def backoff_s(self) -> float:
         return BACKOFF_S[min(self.failures, len(BACKOFF_S)) - 1] if self.failures else 0.0
@@ -153,6 +167,8 @@ class ModelManager:
         self.models: dict[str, Runtime] = {}
         self.metrics = Metrics()
         self.registry_revision = -1
+        self.routers: set[tuple[str, str]] = set()  # (Serve app, deployment) of each router
+        self._lease_numbers = itertools.count(1)
         self._tasks: set[asyncio.Task] = set()
         self._started = False
 
@@ -256,7 +272,7 @@ class ModelManager:
         rt.in_flight += 1
         rt.last_used = time.time()
         if rt.state == State.READY:
-            return {"outcome": "ready", "model": rt.public()}
+            return {"outcome": "ready", "model": rt.public(), "lease": rt.lease}
         if rt.state in (State.UNLOADED, State.FAILED, State.UNLOADING):
             self._start_load(rt)
         return {"outcome": "loading", "model": rt.public()}
@@ -284,8 +300,13 @@ class ModelManager:
             rt.in_flight = max(0, rt.in_flight - 1)
             rt.last_used = time.time()
 
+    async def attach_router(self, app: str, deployment: str) -> None:
+        """A router replica has started: include it in usage reads and lease revocations."""
+        self.routers.add((app, deployment))
+
     async def status(self) -> dict[str, Any]:
         """A snapshot of every model, the memory picture and the registry revision."""
+        await self._read_usage()
         for rt in self.models.values():
             if rt.missing:
                 self._check_weights(rt)  # progress, or the download has completed
@@ -299,6 +320,7 @@ class ModelManager:
         }
 
     async def metrics_snapshot(self) -> dict[str, Any]:
+        await self._read_usage()
         return {"models": [rt.public() for rt in self.models.values()], **self.metrics.public()}
 
     async def load(self, model_id: str) -> dict[str, Any]:
@@ -364,6 +386,7 @@ class ModelManager:
                 rt.pids = pids
                 rt.last_load_s = round(time.time() - started, 2)
                 rt.failures, rt.last_error = 0, None
+                rt.lease = next(self._lease_numbers)
                 self._set(rt, State.READY)
                 self.metrics.count(self.metrics.loads, (model_id, "ok"))
                 self.metrics.observe(self.metrics.load_seconds, model_id, rt.last_load_s)
@@ -417,9 +440,10 @@ class ModelManager:
             free = self.memory.free_gb(self._used_gb(exclude=rt))
             if need <= free:
                 return None
+            await self._read_usage()  # who is busy, and when each was last used, as of now
             victims = sorted(
                 (r for r in self.models.values()
-                 if r is not rt and r.state == State.READY and not r.entry.always_on and r.in_flight == 0),
+                 if r is not rt and r.state == State.READY and not r.entry.always_on and not r.busy()),
                 key=self._value,
             )
             if not victims:
@@ -432,7 +456,7 @@ class ModelManager:
     @staticmethod
     def _value(rt: Runtime) -> float:
         """How much keeping a model is worth: what reloading costs, per second it sat idle."""
-        idle = max(time.time() - (rt.last_used or rt.since), 1.0)
+        idle = max(rt.idle_for(time.time()), 1.0)
         reload_cost = rt.last_load_s or 30.0
         return reload_cost / idle
 
@@ -446,8 +470,11 @@ class ModelManager:
                 return
             if rt.state != State.READY:
                 return
-            if reason in ("idle", "evicted") and rt.in_flight:
+            await self._revoke(rt)  # from here on every new request comes through acquire
+            if reason in ("idle", "evicted") and rt.busy():
                 return  # a request arrived since the decision; no await separates this check from the state change
+            if reason == "idle" and not self._idle(rt, time.time()):
+                return  # the routers had used it since the reaper looked
             self._set(rt, State.UNLOADING)
             try:
                 await asyncio.to_thread(model_apps.delete, rt.entry.id)
@@ -467,10 +494,66 @@ class ModelManager:
                     if not rt.missing and rt.entry.serve and rt.entry.always_on:
                         rt.pin_pending = False
                         self._start_load(rt)  # its download has just completed
-                idle_since = rt.last_used or rt.since
-                if (rt.state == State.READY and not rt.entry.always_on and rt.in_flight == 0
-                        and rt.idle_timeout_s > 0 and now - idle_since > rt.idle_timeout_s):
-                    self._spawn(self._unload(rt, "idle"))
+                if self._idle(rt, now, routers_too=False) and await self._still_idle(rt):
+                    self._spawn(self._unload(rt, "idle"))  # which revokes the routers' lease first
+
+    @staticmethod
+    def _idle(rt: Runtime, now: float, routers_too: bool = True) -> bool:
+        """Reapable: ready, not pinned, nothing in flight, unused for longer than its idle timeout.
+
+        ``routers_too=False`` leaves out the routers' in-flight count, which may be stale.
+        """
+        in_flight = rt.in_flight + (rt.router_in_flight if routers_too else 0)
+        return (rt.state == State.READY and not rt.entry.always_on and in_flight == 0
+                and rt.idle_timeout_s > 0 and rt.idle_for(now) > rt.idle_timeout_s)
+
+    async def _still_idle(self, rt: Runtime) -> bool:
+        """Idle by the manager's numbers: check the routers' (one call, only for a candidate)."""
+        await self._read_usage()
+        return self._idle(rt, time.time())
+
+    # --- the routers' fast path ------------------------------------------------------------
+    async def _ask_routers(self, method: str, *args: Any) -> list[dict[str, Any]]:
+        """Call ``method`` on every router; a router that fails or is too slow is left out."""
+        from ray import serve
+
+        answers = []
+        for app, deployment in list(self.routers):
+            try:
+                handle = serve.get_deployment_handle(deployment, app_name=app)
+                answers.append(await asyncio.wait_for(getattr(handle, method).remote(*args), ROUTER_TIMEOUT_S))
+            except Exception as exc:  # noqa: BLE001 - a missing router has nothing in flight
+                log.warning("router %s did not answer %s: %s", app, method, exc)
+                if app not in await asyncio.to_thread(model_apps.app_names):
+                    self.routers.discard((app, deployment))  # deleted: stop asking it
+        return answers
+
+    async def _read_usage(self) -> None:
+        """Take the routers' fast-path counts: requests in flight and last use per model."""
+        if not self.routers:
+            return
+        merged: dict[str, list] = {}
+        for usage in await self._ask_routers("usage"):
+            for model_id, u in usage.items():
+                total = merged.setdefault(model_id, [0, None])
+                total[0] += u["in_flight"]
+                total[1] = max(total[1] or 0, u["last_used"] or 0) or None
+        for model_id, rt in self.models.items():
+            in_flight, last_used = merged.get(model_id, (0, None))
+            self._take_usage(rt, in_flight, last_used)
+
+    async def _revoke(self, rt: Runtime) -> None:
+        """End the routers' lease on this model and take their counts (just before an unload)."""
+        number, rt.lease = rt.lease, next(self._lease_numbers)
+        answers = await self._ask_routers("revoke", rt.entry.id, number)
+        self._take_usage(rt, sum(a["in_flight"] for a in answers),
+                         max((a["last_used"] or 0 for a in answers), default=0) or None)
+
+    @staticmethod
+    def _take_usage(rt: Runtime, in_flight: int, last_used: float | None) -> None:
+        rt.router_in_flight = in_flight
+        if last_used and last_used > (rt.last_used or 0):
+            rt.last_used = last_used
 
     # --- helpers -------------------------------------------------------------------------
     def _set(self, rt: Runtime, state: State) -> None:

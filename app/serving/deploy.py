@@ -1,4 +1,4 @@
-"""Bring the serving plane up on a running Ray head: Serve's proxy, the model manager, the router.
+"""Bring the serving plane up on a running Ray head: Serve (no proxy), the model manager, the router.
 
 Idempotent: the manager is a named actor found again on the next call, and the router is
 redeployed with byte-identical arguments, which Serve treats as "no change".
@@ -52,14 +52,16 @@ def manager_config(settings: Settings) -> manager_mod.ManagerConfig:
 
 def router_config(settings: Settings) -> router.RouterConfig:
     keys = sorted(router.hash_key(k.get_secret_value()) for k in settings.api_keys)
-    return router.RouterConfig(api_key_hashes=tuple(keys), load_wait_s=settings.load_wait_s)
+    return router.RouterConfig(host=settings.host, port=settings.serve_port, api_key_hashes=tuple(keys),
+                               load_wait_s=settings.load_wait_s)
 
 
 def up(settings: Settings) -> dict:
     """Start Serve, the manager (which loads always-on models) and the router; returns the status."""
     settings.check_exposure()
     connect(settings)
-    serve.start(http_options={"host": settings.host, "port": settings.serve_port})
+    # No Serve proxy: the router's replica listens on serve_port itself (one hop less per request).
+    serve.start(proxy_location="Disabled")
     manager = manager_mod.spawn(manager_config(settings))
     ray.get(manager.start.remote())
     serve.run_many(

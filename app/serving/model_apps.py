@@ -40,6 +40,11 @@ def status(model_id: str) -> AppStatus:
     return AppStatus(str(app.status.value if hasattr(app.status, "value") else app.status), message)
 
 
+def app_names() -> set[str]:
+    """Every Serve application that exists now."""
+    return set(serve.status().applications)
+
+
 def replica_pids(model_id: str) -> list[int]:
     """PIDs of the model's running replicas (their engine processes are their children)."""
     from ray.serve.context import _get_global_client
@@ -57,7 +62,11 @@ def last_line(message: str) -> str:
 
 
 def cluster() -> dict:
-    """Serve's own view: proxies and every application with its deployments' health."""
+    """Serve's own view: proxies and every application with its deployments' health.
+
+    The box runs no Serve proxy (the router listens on :8000 itself), so ``proxies`` is empty
+    unless someone started Serve with proxies.
+    """
     status = serve.status()
 
     def plain(value) -> str:

@@ -20,7 +20,7 @@ import pytest
 import ray
 from ray import serve
 
-from app.devtools.sandbox import EMBED_ENTRY, make_box, running, tiny_entry
+from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry
 from app.lifecycle import manager as manager_mod
 from app.registry.edits import add_model, update_model
 from app.registry.schema import ModelEntry
@@ -30,6 +30,7 @@ from app.serving import router
 pytestmark = pytest.mark.slow
 
 KEY = "test-key-0123456789"
+STRICT_PORT = free_port()  # the second router's own port
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +44,11 @@ def box():
         cpu_memory_budget_gb=7.0,  # the embedding model (~1.4 GB) + two tiny models (~2.2 GB each)
     )
     with running(settings):
-        # The same router with a short load wait and API keys, for the tests that need those.
+        # The same router with a short load wait and API keys on a port of its own, for the
+        # tests that need those.
         serve.run_many([serve.RunTarget(
-            router.build(router.RouterConfig(api_key_hashes=(router.hash_key(KEY),), load_wait_s=1)),
+            router.build(router.RouterConfig(port=STRICT_PORT, api_key_hashes=(router.hash_key(KEY),),
+                                             load_wait_s=1)),
             name="router-strict", route_prefix="/strict")])
         yield settings
 
@@ -53,6 +56,11 @@ def box():
 @pytest.fixture(scope="module")
 def url(box):
     return f"http://127.0.0.1:{box.serve_port}"
+
+
+@pytest.fixture(scope="module")
+def strict_url(box):
+    return f"http://127.0.0.1:{STRICT_PORT}"
 
 
 @pytest.fixture(scope="module")
@@ -155,11 +163,11 @@ def test_a_streaming_cold_request_gets_heartbeats_until_its_first_token(url):
     assert data[-1] == "data: [DONE]"
 
 
-def test_a_non_streaming_request_waits_a_bounded_time_then_gets_503_with_retry_after(url):
+def test_a_non_streaming_request_waits_a_bounded_time_then_gets_503_with_retry_after(url, strict_url):
     # tiny-a and tiny-b fill the budget; tiny-a was used last, so tiny-b is the least valuable.
     httpx.post(f"{url}/v1/completions", json={"model": "tiny-a", "prompt": "x", "max_tokens": 1}, timeout=60)
     started = time.monotonic()
-    response = httpx.post(f"{url}/strict/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
+    response = httpx.post(f"{strict_url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
                           json={"model": "tiny-c", "messages": [{"role": "user", "content": "hi"}]}, timeout=60)
     assert time.monotonic() - started < 15
     assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
@@ -185,6 +193,30 @@ def test_eviction_never_takes_a_model_with_a_request_in_flight(url, client, mana
         assert (now["tiny-a"], now["tiny-b"], now["tiny-c"]) == ("ready", "ready", "unloaded")
     finally:
         ray.get(manager.release.remote("tiny-a"))
+
+
+def router_usage() -> dict:
+    """The router's own counts of the requests it serves on its fast path (leases)."""
+    return serve.get_deployment_handle("Router", app_name="router").usage.remote().result()
+
+
+def test_eviction_never_takes_a_model_busy_on_the_routers_fast_path(url, client):
+    chat(client, "tiny-a")
+    chat(client, "tiny-a")  # tiny-a is leased: this one never asked the manager
+    assert router_usage()["tiny-a"]["in_flight"] == 0
+    chat(client, "tiny-b")  # tiny-a is now the least recently used: the natural victim
+    body = {"model": "tiny-a", "max_tokens": 480, "ignore_eos": True, "n": 4,
+            "messages": [{"role": "user", "content": "hi"}]}
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        long = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=300)
+        wait_for(lambda: router_usage()["tiny-a"]["in_flight"] == 1, 30, "the long request on the fast path")
+        evicted_b = metric(url, "llmbox_model_unloads_total", model="tiny-b", reason="evicted")
+        assert httpx.post(f"{url}/models/load", json={"model": "tiny-c"}, timeout=60).status_code == 200
+        assert long.result().status_code == 200
+    wait_for(lambda: states(url)["tiny-c"] == "ready", 300, "tiny-c to load")
+    now = states(url)
+    assert (now["tiny-a"], now["tiny-b"]) == ("ready", "unloaded")  # the busy tiny-a stayed
+    assert metric(url, "llmbox_model_unloads_total", model="tiny-b", reason="evicted") == evicted_b + 1
 
 
 def test_idle_timeout_unloads_the_model_and_its_engine_processes_end(url, client, manager):
@@ -250,12 +282,12 @@ def test_manual_unload_and_load(url):
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
-def test_api_keys_are_enforced(url):
-    strict = openai.OpenAI(base_url=f"{url}/strict/v1", api_key="wrong", max_retries=0, timeout=60)
+def test_api_keys_are_enforced(strict_url):
+    strict = openai.OpenAI(base_url=f"{strict_url}/v1", api_key="wrong", max_retries=0, timeout=60)
     with pytest.raises(openai.AuthenticationError):
         strict.models.list()
-    assert httpx.get(f"{url}/strict/v1/models").status_code == 401
-    assert httpx.get(f"{url}/strict/metrics").status_code == 401
-    assert httpx.get(f"{url}/strict/health").status_code == 200  # liveness stays open
-    good = openai.OpenAI(base_url=f"{url}/strict/v1", api_key=KEY, max_retries=0, timeout=60)
+    assert httpx.get(f"{strict_url}/v1/models").status_code == 401
+    assert httpx.get(f"{strict_url}/metrics").status_code == 401
+    assert httpx.get(f"{strict_url}/health").status_code == 200  # liveness stays open
+    good = openai.OpenAI(base_url=f"{strict_url}/v1", api_key=KEY, max_retries=0, timeout=60)
     assert "embed" in {m.id for m in good.models.list().data}

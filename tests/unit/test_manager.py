@@ -17,6 +17,7 @@ from app.hub import paths
 from app.lifecycle.manager import ManagerConfig, ModelManager
 from app.registry.edits import remove_model, update_model
 from app.registry.store import RegistryStore
+from app.serving.leases import Leases
 from app.serving.model_apps import AppStatus
 
 ENTRY = "    - id: {id}\n      source: /srv/models/{id}\n      serve: true\n      memory_gb: 2\n{extra}"
@@ -223,3 +224,102 @@ def test_a_repo_is_served_only_once_downloaded_and_a_pinned_one_loads_when_its_d
     assert serve.deploys == ["base"]  # chat was never deployed without its weights
     assert manager.models["base"].state.value == "ready"
     assert [e["kind"] for e in EventLog(tmp_path / "var" / "events.jsonl").read()] == ["model_loaded"]
+
+
+# --- the router's fast path (leases) ------------------------------------------------------
+def attach_router(manager):
+    """A router's leases (the real class), reached in-process instead of through a Serve handle."""
+    leases = Leases()
+
+    async def ask(method, *args):
+        return [getattr(leases, method)(*args)]
+
+    manager.routers.add(("router", "Router"))
+    manager._ask_routers = ask
+    return leases
+
+
+async def lease(manager, leases, model_id):
+    """What the router does with its first request to a ready model: acquire, take the lease, release."""
+    got = await manager.acquire(model_id)
+    assert got["outcome"] == "ready"
+    leases.grant(model_id, got["lease"])
+    await manager.release(model_id)
+
+
+def test_a_stale_grant_never_reopens_a_revoked_lease():
+    leases = Leases()
+    leases.grant("a", 1)
+    assert leases.begin("a")
+    leases.end("a")
+    assert leases.revoke("a", 1)["in_flight"] == 0
+    leases.grant("a", 1)  # a "ready" answer that crossed the revocation
+    assert not leases.begin("a")
+    leases.grant("a", 2)  # the next ready answer carries a new number
+    assert leases.begin("a")
+
+
+def test_eviction_never_takes_a_model_busy_on_the_fast_path(tmp_path, serve):
+    async def scenario():
+        manager = make_manager(tmp_path, models("a", "b", "c"))
+        leases = attach_router(manager)
+        await manager.reconcile()
+        await use(manager, "a")
+        await use(manager, "b")
+        await lease(manager, leases, "a")
+        assert leases.begin("a")  # a request on a that the manager never saw...
+        await asyncio.sleep(1.2)
+        await use(manager, "b")  # ...and b is the more recently used
+        state_c = await use(manager, "c")
+        leases.end("a")
+        return manager, leases, state_c
+
+    manager, leases, state_c = asyncio.run(scenario())
+    assert state_c == "ready"
+    assert states(manager) == {"a": "ready", "b": "unloaded", "c": "ready"}  # b went, not the busy a
+    assert manager.metrics.unloads == {("b", "evicted"): 1}
+    assert not leases.begin("b")  # b's lease was revoked before it was unloaded
+
+
+def test_the_reaper_counts_fast_path_use_and_revokes_the_lease_when_it_unloads(tmp_path, serve):
+    async def scenario():
+        manager = make_manager(tmp_path, models("a", extra="      idle_timeout_s: 1\n"))
+        leases = attach_router(manager)
+        await manager.start()
+        await use(manager, "a")
+        await lease(manager, leases, "a")
+        relets = 0
+        for _ in range(6):  # 1.8 s of use, past the 1 s idle timeout
+            if not leases.begin("a"):  # the reaper asked, saw it in use, and left it loaded
+                relets += 1
+                await lease(manager, leases, "a")  # the router's slow path takes a new lease
+                assert leases.begin("a")
+            await asyncio.sleep(0.3)
+            leases.end("a")
+        still = manager.models["a"].state.value
+        deadline = time.monotonic() + 10
+        while manager.models["a"].state.value != "unloaded" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        return manager, leases, still, relets
+
+    manager, leases, still, relets = asyncio.run(scenario())
+    assert still == "ready"  # in use on the fast path: not reaped
+    assert relets <= 2  # at most one slow-path request per idle timeout
+    assert states(manager) == {"a": "unloaded"}  # then idle: reaped
+    assert manager.metrics.unloads == {("a", "idle"): 1}
+    assert not leases.begin("a")  # and the fast path is closed
+
+
+def test_status_shows_requests_in_flight_on_the_fast_path(tmp_path, serve):
+    async def scenario():
+        manager = make_manager(tmp_path, models("a"))
+        leases = attach_router(manager)
+        await manager.reconcile()
+        await use(manager, "a")
+        await lease(manager, leases, "a")
+        leases.begin("a")
+        leases.begin("a")
+        return await manager.status()
+
+    status = asyncio.run(scenario())
+    assert status["models"][0]["in_flight"] == 2
