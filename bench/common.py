@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import subprocess
@@ -15,6 +16,7 @@ import httpx
 from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry
 
 ROOT = Path(__file__).resolve().parents[1]
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the tables
 # The flags llmbox gives the tiny model (its registry entry), so both sides run the same engine;
 # llmbox runs a one-device engine inside vLLM's EngineCore process (app/engines/lean.py), as
 # `vllm serve` does on a GPU host, so the bare side gets that executor too.

@@ -63,8 +63,8 @@ async def run(url: str, model: str, concurrency: int, stream: bool, requests: in
 
 
 def cell(sides: dict[str, tuple[str, str]], concurrency: int, stream: bool, requests: int,
-         rounds: int) -> dict[str, tuple[float, list[float]]]:
-    """Median throughput and all latencies per side, the sides taking turns in alternating order."""
+         rounds: int) -> dict[str, tuple[list[float], list[float]]]:
+    """Throughput of each round and all latencies per side, the sides taking turns in alternating order."""
     rates: dict[str, list[float]] = {name: [] for name in sides}
     latencies: dict[str, list[float]] = {name: [] for name in sides}
     for round_ in range(rounds):
@@ -74,7 +74,7 @@ def cell(sides: dict[str, tuple[str, str]], concurrency: int, stream: bool, requ
             rate, lat = asyncio.run(run(*sides[name], concurrency, stream, requests))
             rates[name].append(rate)
             latencies[name] += lat
-    return {name: (median(rates[name]), latencies[name]) for name in sides}
+    return {name: (rates[name], latencies[name]) for name in sides}
 
 
 def main() -> None:
@@ -92,15 +92,17 @@ def main() -> None:
             for concurrency in (1, 8):
                 for stream in (False, True):
                     result = cell(sides, concurrency, stream, args.requests, args.rounds)
-                    (ours, our_lat), (theirs, their_lat) = result["llmbox"], result["vllm"]
+                    (our_rates, our_lat), (their_rates, their_lat) = result["llmbox"], result["vllm"]
+                    ours, theirs = median(our_rates), median(their_rates)
+                    each = sorted(o / t for o, t in zip(our_rates, their_rates))  # round by round
                     rows.append([concurrency, "yes" if stream else "no", f"{ours:.1f}", f"{theirs:.1f}",
-                                 f"{ours / theirs:.2f}",
+                                 f"{ours / theirs:.2f}", f"{each[0]:.2f}-{each[-1]:.2f}",
                                  f"{(percentile(our_lat, 50) - percentile(their_lat, 50)) * 1000:+.1f}",
                                  f"{(percentile(our_lat, 99) - percentile(their_lat, 99)) * 1000:+.1f}"])
     print(f"\nRouter overhead, tiny model, {args.rounds} rounds x {args.requests} requests per side and cell, "
           "16 tokens each (median req/s of the rounds)")
-    print(table(["concurrency", "stream", "llmbox req/s", "vllm req/s", "ratio", "added p50 ms", "added p99 ms"],
-                rows))
+    print(table(["concurrency", "stream", "llmbox req/s", "vllm req/s", "ratio", "ratio by round",
+                 "added p50 ms", "added p99 ms"], rows))
 
 
 if __name__ == "__main__":

@@ -207,6 +207,11 @@ class Router:
         context = serve.get_replica_context()
         await self.manager.attach_router.remote(context.app_name, context.deployment)
 
+    def check_health(self) -> None:
+        """Serve calls this periodically: a router whose HTTP server has stopped gets replaced."""
+        if self._server.serving.done():
+            raise RuntimeError(f"the router's HTTP server on {self.config.host}:{self.config.port} has stopped")
+
     def __del__(self) -> None:
         """Serve calls this when it stops the replica: stop accepting, finish what is in flight."""
         if getattr(self, "_server", None) is not None:
