@@ -4,9 +4,12 @@ Same run, same machine, same engine flags; concurrency 1 and 8, streaming and no
 throughput (requests/s), the llmbox/vllm ratio (target >= 0.90) and the latency llmbox adds
 at p50 and p99.
 
-The two sides take turns, in alternating order, with a pause between turns: an engine keeps
-polling for a moment after its last request, and on a small machine that would slow whichever
-side runs next. Each cell is the median of the rounds.
+Both servers share the machine, so they take turns (a block of requests each), in alternating
+order, with a pause between turns; each cell shows the median of the rounds and every round's
+ratio, because single turns on a 2-core machine vary by about +-10%. Blocks, not requests
+alternating one by one: one server is what a user runs, and two servers interleaving on two
+cores slow each other down (both sides measured slower that way, the one with more processes
+more so).
 
     .venv/bin/python -m bench.overhead [--requests 48] [--rounds 3]
 """
@@ -23,7 +26,7 @@ import httpx
 
 from bench.common import box, ensure_ready, median, percentile, table, tiny_box_entries, vllm_serve
 
-PAUSE_S = 2.0  # between turns: let the other side's engine go quiet
+PAUSE_S = 2.0  # between turns, so one side's after-work does not land on the other's turn
 
 BODY = {"messages": [{"role": "user", "content": "Tell me about the box."}], "max_tokens": 16,
         "temperature": 0, "ignore_eos": True}
