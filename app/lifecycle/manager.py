@@ -121,7 +121,9 @@ class Runtime:
         return self.in_flight + self.router_in_flight > 0
 
     def idle_for(self, now: float) -> float:
-        return now - (self.last_used or self.since)
+        """Seconds since its last use, or since it (re)loaded if that came later: a use before an
+        unload must not make a model that has just loaded again look idle."""
+        return now - max(self.last_used or 0.0, self.since)
 
     def backoff_s(self) -> float:
         return BACKOFF_S[min(self.failures, len(BACKOFF_S)) - 1] if self.failures else 0.0

@@ -60,12 +60,13 @@ def up(settings: Settings) -> dict:
     """Start Serve, the manager (which loads always-on models) and the router; returns the status."""
     settings.check_exposure()
     connect(settings)
-    # No Serve proxy: the router's replica listens on serve_port itself (one hop less per request).
+    # No Serve proxy (and so no proxy route for the router): the router's replica listens on
+    # serve_port itself, one hop less per request.
     serve.start(proxy_location="Disabled")
     manager = manager_mod.spawn(manager_config(settings))
     ray.get(manager.start.remote())
     serve.run_many(
-        [serve.RunTarget(router.build(router_config(settings)), name=ROUTER_APP, route_prefix="/")],
+        [serve.RunTarget(router.build(router_config(settings)), name=ROUTER_APP, route_prefix=None)],
         wait_for_applications_running=True,
     )
     return ray.get(manager.status.remote())

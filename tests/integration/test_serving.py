@@ -49,7 +49,7 @@ def box():
         serve.run_many([serve.RunTarget(
             router.build(router.RouterConfig(port=STRICT_PORT, api_key_hashes=(router.hash_key(KEY),),
                                              load_wait_s=1)),
-            name="router-strict", route_prefix="/strict")])
+            name="router-strict", route_prefix=None)])
         yield settings
 
 

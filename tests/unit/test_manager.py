@@ -182,6 +182,24 @@ def test_the_reaper_unloads_idle_models_but_never_pinned_ones(tmp_path, serve):
     assert manager.metrics.unloads == {("idle", "idle"): 1}
 
 
+def test_a_model_loaded_again_is_not_reaped_for_a_use_before_its_last_unload(tmp_path, serve):
+    async def scenario():
+        manager = make_manager(tmp_path, models("a", extra="      idle_timeout_s: 1\n"))
+        await manager.start()
+        await use(manager, "a")
+        deadline = time.monotonic() + 10
+        while manager.models["a"].state.value != "unloaded" and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(1.5)  # its last use is now well past the idle timeout
+        await manager.load("a")
+        view = await manager.wait("a", 30, time.time())
+        await asyncio.sleep(0.6)  # less than the idle timeout since it became ready
+        return view["state"], manager.models["a"].state.value
+
+    loaded, after = asyncio.run(scenario())
+    assert (loaded, after) == ("ready", "ready")
+
+
 def test_reconcile_unloads_unserved_and_removed_models_and_leaves_the_rest(tmp_path, serve):
     async def scenario():
         manager = make_manager(tmp_path, models("a", "b", "c"), budget_gb=10)
