@@ -78,7 +78,7 @@ def start_ui(settings: Settings) -> None:
 
 def _start_service(settings: Settings, name: str, module: str, port: int, health_path: str, label: str) -> None:
     url = f"http://{settings.host}:{port}"
-    if services.start(settings, name, module, f"http://{services.local_host(settings)}:{port}{health_path}"):
+    if services.start(settings, name, module, services.local_url(settings, port) + health_path):
         say(f"started {label} on {url}")
     else:
         say(f"{label} already runs on {url}")

@@ -7,6 +7,7 @@ process is the one we started), never a name pattern.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import signal
 import subprocess
@@ -19,10 +20,19 @@ import psutil
 
 from app.settings import Settings
 
+# Addresses that mean "every interface" (or this machine): reach them on 127.0.0.1.
+WILDCARDS = {"", "0.0.0.0", "::", "[::]", "localhost"}
 
-def local_host(settings: Settings) -> str:
-    """Where this machine reaches a server bound to ``settings.host`` (for health checks)."""
-    return "127.0.0.1" if settings.host in ("0.0.0.0", "::", "localhost") else settings.host
+
+def local_url(settings: Settings, port: int) -> str:
+    """Where this machine reaches a server of the box bound to ``settings.host`` on ``port``."""
+    host = "127.0.0.1" if settings.host in WILDCARDS else settings.host
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass  # a host name
+    return f"http://{host}:{port}"
 
 
 def _pid_file(settings: Settings, name: str) -> Path:

@@ -8,25 +8,17 @@
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 from pathlib import Path
 
+from app.services import local_url
 from app.settings import Settings
-
-WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
 
 
 def api_url(settings: Settings) -> str:
     """Where the UI reaches the management API."""
-    host = "127.0.0.1" if settings.host in WILDCARDS else settings.host
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            host = f"[{host}]"
-    except ValueError:
-        pass  # a host name
-    return f"http://{host}:{settings.api_port}"
+    return local_url(settings, settings.api_port)
 
 
 def secret_key(state_dir: Path) -> str:

@@ -170,6 +170,7 @@ class ModelManager:
         self.metrics = Metrics()
         self.registry_revision = -1
         self.routers: set[tuple[str, str]] = set()  # (Serve app, deployment) of each router
+        self._router_handles: dict[tuple[str, str], Any] = {}
         self._lease_numbers = itertools.count(1)
         self._tasks: set[asyncio.Task] = set()
         self._started = False
@@ -522,12 +523,16 @@ class ModelManager:
         answers = []
         for app, deployment in list(self.routers):
             try:
-                handle = serve.get_deployment_handle(deployment, app_name=app)
+                handle = self._router_handles.get((app, deployment))
+                if handle is None:  # once per router: status and the reaper ask often
+                    handle = self._router_handles[(app, deployment)] = serve.get_deployment_handle(
+                        deployment, app_name=app)
                 answers.append(await asyncio.wait_for(getattr(handle, method).remote(*args), ROUTER_TIMEOUT_S))
             except Exception as exc:  # noqa: BLE001 - a missing router has nothing in flight
                 log.warning("router %s did not answer %s: %s", app, method, exc)
                 if app not in await asyncio.to_thread(model_apps.app_names):
                     self.routers.discard((app, deployment))  # deleted: stop asking it
+                    self._router_handles.pop((app, deployment), None)
         return answers
 
     async def _read_usage(self) -> None:
