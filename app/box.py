@@ -17,8 +17,9 @@ from app.registry.defaults import default_registry_text
 from app.registry.store import RegistryError, RegistryStore
 from app import services
 from app.api.tokens import TokenFile
-from app.lifecycle import manager
-from app.serving import deploy, ray_head
+from app import ray_head
+from app.lifecycle import actor
+from app.serving import deploy
 from app.settings import Settings, get_settings
 
 
@@ -88,7 +89,7 @@ def deploy_only(settings: Settings) -> int:
     """Deploy the serving plane on a head started elsewhere (systemd: the ray-head unit)."""
     settings.check_exposure()
     if not ray_head.is_running(settings):
-        say("the Ray head is not running (start it first: python -m app.serving.ray_head)")
+        say("the Ray head is not running (start it first: python -m app.ray_head)")
         return 3
     device = detect_device(settings.device)
     store = RegistryStore(settings.registry_path, settings.registry_history_keep)
@@ -128,8 +129,8 @@ def reconcile(settings: Settings) -> int:
     if not ray_head.is_running(settings):
         say("the box is not running: run ./start.sh")
         return 3
-    deploy.connect(settings)
-    result = ray.get(manager.handle().reconcile.remote())
+    ray_head.connect(settings)
+    result = ray.get(actor.handle().reconcile.remote())
     say(f"applied registry revision {result['revision']}")
     for model_id, action in result["actions"].items():
         say(f"  model {model_id:28} {action}")
@@ -145,9 +146,9 @@ def status(settings: Settings) -> int:
     say(f"admin UI: {'running on ' + ui_url(settings) + f' (pid {ui})' if ui else 'not running'}")
     if not running:
         return 3  # "not running", as LSB status scripts say
-    deploy.connect(settings)
+    ray_head.connect(settings)
     try:
-        _print_status(ray.get(manager.handle().status.remote()))
+        _print_status(ray.get(actor.handle().status.remote()))
     except ValueError:
         say("the model manager is not running: run ./start.sh")
         return 3

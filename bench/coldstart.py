@@ -20,8 +20,8 @@ import httpx
 import ray
 
 from bench.common import box, median, table, tiny_box_entries, vllm_serve
-from app.lifecycle import manager
-from app.serving import ray_head
+from app.lifecycle import actor
+from app import ray_head
 
 BODY = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "stream": True}
 
@@ -47,7 +47,7 @@ def replica_started_at(settings, model: str) -> float:
 def llmbox_cold(url: str, settings, model: str) -> dict[str, float]:
     sent = time.time()
     token = first_token(url, model)
-    view = {m["id"]: m for m in ray.get(manager.handle().status.remote())["models"]}[model]
+    view = {m["id"]: m for m in ray.get(actor.handle().status.remote())["models"]}[model]
     ready_at = view["since"]  # when it entered its current state: ready
     load_start = ready_at - view["last_load_s"]
     replica = replica_started_at(settings, model)

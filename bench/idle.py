@@ -20,7 +20,7 @@ import psutil
 import ray
 
 from app.devtools.sandbox import EMBED_ENTRY, tiny_entry
-from app.lifecycle import manager
+from app.lifecycle import actor
 from bench.common import box, ensure_ready, median, table
 
 GIB = 1024**3
@@ -31,7 +31,7 @@ def available_gb() -> float:
 
 
 def view(model: str) -> dict:
-    return {m["id"]: m for m in ray.get(manager.handle().status.remote())["models"]}[model]
+    return {m["id"]: m for m in ray.get(actor.handle().status.remote())["models"]}[model]
 
 
 def one_run(url: str, model: str, timeout_s: int) -> dict[str, float]:

@@ -32,7 +32,7 @@ def create_app(settings: Settings) -> FastAPI:
         state = app.state
         state.downloads.resume_unfinished()  # downloads cut short by a restart continue
         # Importing Ray takes seconds: do it now, not in the first request that needs the manager.
-        warm = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "app.lifecycle.manager")
+        warm = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "ray")
         try:
             changes.start_missing_downloads(state.store.read(), state.downloads, state.events)
         except Exception as exc:  # no registry yet: nothing to download

@@ -33,8 +33,8 @@ class ServingClient:
     async def _manager(self):
         if self._handle is not None:
             return self._handle  # connected: no process scan, no actor lookup per request
-        from app.lifecycle import manager as manager_mod
-        from app.serving import deploy, ray_head
+        from app import ray_head
+        from app.lifecycle import actor
 
         down = ApiError(503, "serving_unavailable", "the serving plane is not running: run ./start.sh")
         if time.monotonic() < self._down_until:
@@ -46,8 +46,8 @@ class ServingClient:
                 self._down_until = time.monotonic() + DOWN_RECHECK_S
                 raise down
             try:
-                await asyncio.to_thread(deploy.connect, self.settings)
-                self._handle = await asyncio.to_thread(manager_mod.handle)
+                await asyncio.to_thread(ray_head.connect, self.settings)
+                self._handle = await asyncio.to_thread(actor.handle)
                 return self._handle
             except Exception as exc:  # no head yet, head restarted, actor gone: all "not running"
                 self._disconnect()

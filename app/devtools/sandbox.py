@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
 from app.devtools.tiny_model import make_tiny_model
 from app.registry.store import RegistryStore
@@ -20,6 +23,37 @@ EMBED_ENTRY = (
     "      serve: true\n      always_on: true\n      memory_gb: 1.5\n"
     "      engine: {dtype: float32, enforce_eager: true}\n"
 )
+
+
+T = TypeVar("T")
+# The settings a box's processes must agree on, as LLMBOX_* variables (see ``env``).
+_SHARED = ("state_dir", "models_dir", "registry_path", "ray_port", "ray_dashboard_port", "serve_port", "api_port",
+           "ui_port", "host", "load_wait_s", "load_timeout_s", "cpu_memory_budget_gb", "hf_endpoint")
+
+
+def env(settings: Settings, **extra: str) -> dict[str, str]:
+    """This process's environment plus ``settings`` as LLMBOX_* variables, for the box's other
+    processes (the API, the UI, ./start.sh); ``extra`` adds or overrides variables."""
+    variables = dict(os.environ)
+    for name in _SHARED:
+        value = getattr(settings, name)
+        if value is not None:
+            variables[f"LLMBOX_{name.upper()}"] = str(value)
+    return {**variables, **extra}
+
+
+def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, every_s: float = 0.5) -> T:
+    """Poll ``predicate`` until it returns something truthy (returned); AssertionError naming
+    ``what`` and the last value after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    value = None
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what} (last: {value!r})")
+        time.sleep(every_s)
 
 
 def free_port() -> int:
@@ -55,7 +89,8 @@ def running(settings: Settings) -> Iterator[Settings]:
     """Run the box (Ray head, manager, router, always-on models) for the duration of the block."""
     import ray
 
-    from app.serving import deploy, ray_head
+    from app import ray_head
+    from app.serving import deploy
 
     ray_head.start(settings)
     try:

@@ -6,6 +6,7 @@ redeploying an unchanged model never restarts it (Serve compares deployment vers
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from app.engines.sources import resolve
 from app.registry.schema import ModelEntry
 
 DEPLOYMENT_NAME = "model"  # the same in every model app; the app name carries the model id
+MODEL_APP_PREFIX = "model-"
 
 
 @dataclass(frozen=True)
@@ -28,7 +30,17 @@ class EngineHost:
 
 def app_name(model_id: str) -> str:
     """The Serve application that holds this model."""
-    return f"model-{model_id}"
+    return f"{MODEL_APP_PREFIX}{model_id}"
+
+
+def model_of(app: str) -> str | None:
+    """The model id a Serve application holds, or None for other applications (the router)."""
+    return app[len(MODEL_APP_PREFIX):] if app.startswith(MODEL_APP_PREFIX) else None
+
+
+def config_key(config: dict[str, Any]) -> str:
+    """A model's engine config as a comparable string (a change means a reload)."""
+    return json.dumps(config, sort_keys=True)
 
 
 def engine_kwargs(entry: ModelEntry) -> dict[str, Any]:
@@ -82,14 +94,16 @@ def llm_config_dict(entry: ModelEntry, host: EngineHost) -> dict[str, Any]:
     return config
 
 
-def build_app(entry: ModelEntry, host: EngineHost):
-    """The Serve application for this model (LLMServer with the vLLM engine)."""
+def build_app(config: dict[str, Any]):
+    """The Serve application for a model from its ``llm_config_dict`` (built once per load)."""
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
     from app.engines.lean import InProcessVLLMEngine
+    from app.engines.model_server import ModelServer
 
     return build_llm_deployment(
-        LLMConfig(**llm_config_dict(entry, host)),
+        LLMConfig(**config),
         bind_kwargs={"engine_cls": InProcessVLLMEngine},
         override_serve_options={"name": DEPLOYMENT_NAME},
+        deployment_cls=ModelServer,
     )

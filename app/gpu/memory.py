@@ -10,7 +10,8 @@ GIB = 1024**3
 
 
 class MemoryProbe(Protocol):
-    def free_gb(self, used_by_models_gb: float) -> float: ...
+    def free_gb(self, held_gb: float, coming_gb: float) -> float:
+        """Memory a new model may take, given what loaded models hold and loading ones will take."""
     def total_gb(self) -> float: ...
     def process_gb(self, pids: list[int]) -> float: ...
 
@@ -45,8 +46,8 @@ class CpuBudget:
     def total_gb(self) -> float:
         return self.budget_gb
 
-    def free_gb(self, used_by_models_gb: float) -> float:
-        return self.budget_gb - used_by_models_gb
+    def free_gb(self, held_gb: float, coming_gb: float) -> float:
+        return self.budget_gb - held_gb - coming_gb
 
     def process_gb(self, pids: list[int]) -> float:
         return tree_pss_gb(pids)
@@ -65,9 +66,9 @@ class NvmlMemory:
     def total_gb(self) -> float:
         return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).total for h in self._handles) / GIB
 
-    def free_gb(self, used_by_models_gb: float) -> float:
-        # NVML already sees what loaded engines hold; the argument matters only on CPU hosts.
-        return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).free for h in self._handles) / GIB
+    def free_gb(self, held_gb: float, coming_gb: float) -> float:
+        # NVML already sees what loaded engines hold, but not (all of) what loading ones will take.
+        return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).free for h in self._handles) / GIB - coming_gb
 
     def process_gb(self, pids: list[int]) -> float:
         wanted = set(pids)

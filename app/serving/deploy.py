@@ -6,40 +6,25 @@ redeployed with byte-identical arguments, which Serve treats as "no change".
 
 from __future__ import annotations
 
-import os
 import time
 
 import ray
 from ray import serve
 
-from app.lifecycle import manager as manager_mod
-from app.serving import ray_head, router
+from app import ray_head
+from app.lifecycle import actor
+from app.lifecycle.runtime import ManagerConfig
+from app.serving import router
+from app.serving.keys import hash_key
 from app.settings import Settings
 
 ROUTER_APP = "router"
 
 
-def connect(settings: Settings) -> None:
-    """Attach this process to the box's Ray head as a driver."""
-    if not ray.is_initialized():
-        os.environ.update(ray_head.ray_variables(settings))  # address, single-node mode, auth token
-        # Ray read these when it was imported, which may have been before this call. Make this
-        # process follow them too: single-node mode (else 127.0.0.1 is rewritten to the host's
-        # address) and the box's auth token (re-read as Ray's own test utilities do).
-        from ray._private import ray_constants
-        from ray._raylet import AuthenticationTokenLoader, Config
-
-        ray_constants.ENABLE_RAY_CLUSTER = False
-        Config.initialize("")
-        AuthenticationTokenLoader.instance().reset_cache()
-        ray.init(address=ray_head.address(settings), namespace=manager_mod.NAMESPACE, log_to_driver=False,
-                 logging_level="WARNING")
-
-
-def manager_config(settings: Settings) -> manager_mod.ManagerConfig:
+def manager_config(settings: Settings) -> ManagerConfig:
     from app.gpu.nvml import detect_device
 
-    return manager_mod.ManagerConfig(
+    return ManagerConfig(
         registry_path=str(settings.registry_path),
         device=detect_device(settings.device),
         cache_dir=str(settings.state_dir / "vllm-cache"),
@@ -51,7 +36,7 @@ def manager_config(settings: Settings) -> manager_mod.ManagerConfig:
 
 
 def router_config(settings: Settings) -> router.RouterConfig:
-    keys = sorted(router.hash_key(k.get_secret_value()) for k in settings.api_keys)
+    keys = sorted(hash_key(k.get_secret_value()) for k in settings.api_keys)
     return router.RouterConfig(host=settings.host, port=settings.serve_port, api_key_hashes=tuple(keys),
                                load_wait_s=settings.load_wait_s)
 
@@ -59,11 +44,11 @@ def router_config(settings: Settings) -> router.RouterConfig:
 def up(settings: Settings) -> dict:
     """Start Serve, the manager (which loads always-on models) and the router; returns the status."""
     settings.check_exposure()
-    connect(settings)
+    ray_head.connect(settings)
     # No Serve proxy (and so no proxy route for the router): the router's replica listens on
     # serve_port itself, one hop less per request.
     serve.start(proxy_location="Disabled")
-    manager = manager_mod.spawn(manager_config(settings))
+    manager = actor.spawn(manager_config(settings))
     ray.get(manager.start.remote())
     serve.run_many(
         [serve.RunTarget(router.build(router_config(settings)), name=ROUTER_APP, route_prefix=None)],
@@ -74,7 +59,7 @@ def up(settings: Settings) -> dict:
 
 def wait_for_always_on(timeout_s: float) -> dict:
     """Poll until every always-on model is ready or failed (or the time is up); returns the status."""
-    manager = manager_mod.handle()
+    manager = actor.handle()
     deadline = time.monotonic() + timeout_s
     while True:
         status = ray.get(manager.status.remote())

@@ -59,5 +59,12 @@ class Leases:
         lease.revoked = max(lease.revoked, number)
         return lease.usage()
 
+    def drop(self, model_id: str) -> None:
+        """Close the fast path here (a forward failed: the engine may be gone); the next request
+        asks the manager, which grants a new lease when the model is ready again."""
+        lease = self._by_model.get(model_id)
+        if lease is not None:
+            lease.revoked = max(lease.revoked, lease.granted)
+
     def usage(self) -> dict[str, dict[str, Any]]:
         return {model_id: lease.usage() for model_id, lease in self._by_model.items()}

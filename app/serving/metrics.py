@@ -44,7 +44,15 @@ class _Snapshot:
                                      labels=["model"])
         for model, (total, count) in self.snapshot["queue_wait_seconds"].items():
             wait_s.add_metric([model], count_value=count, sum_value=total)
-        yield from (state, in_flight, memory, loads, unloads, load_s, wait_s)
+        crashes = CounterMetricFamily("llmbox_engine_crashes", "Engine (or replica) crashes of a ready model",
+                                      labels=["model"])
+        for model, n in self.snapshot["crashes"].items():
+            crashes.add_metric([model], n)
+        loop_errors = CounterMetricFamily("llmbox_background_errors", "Ticks of the manager's background loops "
+                                          "(reaper, watchdog) and tasks that raised", labels=["loop"])
+        for loop, n in self.snapshot["loop_errors"].items():
+            loop_errors.add_metric([loop], n)
+        yield from (state, in_flight, memory, loads, unloads, load_s, wait_s, crashes, loop_errors)
 
 
 def render(snapshot: dict[str, Any]) -> bytes:

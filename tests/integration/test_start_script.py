@@ -9,7 +9,7 @@ import pytest
 
 from app.registry.edits import update_model
 from app.registry.store import RegistryStore
-from app.serving import ray_head
+from app import ray_head
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
 from fastapi import APIRouter, Query
 from huggingface_hub import HfApi
@@ -13,6 +12,7 @@ from app.api.errors import ApiError
 from app.gpu.memory import CpuBudget
 from app.gpu.status import gpu_status
 from app.hub import fit, search as hub_search
+from app.lifecycle.measurements import Measurements
 from app.hub.errors import (BadRepoId, DownloadError, GatedRepo, HubError, HubUnreachable, NotEnoughDisk,
                             RepoNotFound)
 
@@ -40,14 +40,8 @@ async def _host(nvml, serving, settings) -> tuple[fit.HostMemory, dict[str, floa
 
 
 def measured_by_repo(settings, models: list[dict]) -> dict[str, float]:
-    """What loading each repo really took (kept across restarts in var/measurements.json)."""
-    measured: dict[str, float] = {}
-    try:
-        for row in json.loads((settings.state_dir / "measurements.json").read_text()).values():
-            if row.get("memory_gb"):
-                measured[row["source"]] = row["memory_gb"]
-    except (OSError, ValueError):
-        pass
+    """What loading each repo really took (kept across restarts by app.lifecycle.measurements)."""
+    measured = Measurements(settings.state_dir).by_source()
     for m in models:
         if m.get("memory_measured") and m.get("memory_gb"):
             measured[m["source"]] = m["memory_gb"]

@@ -8,6 +8,7 @@ from app.api import changes
 from app.api.deps import EventsDep, ServingDep, Writer
 from app.api.errors import ApiError
 from app.api.routes.models import checked_id
+from app.lifecycle.states import Outcome
 
 router = APIRouter(prefix="/api", tags=["serving"])
 
@@ -15,11 +16,11 @@ router = APIRouter(prefix="/api", tags=["serving"])
 async def _control(action: str, model_id: str, serving, events, who) -> dict:
     result = await serving.call(action, checked_id(model_id), timeout_s=300)
     outcome = result["outcome"]
-    if outcome == "unknown":
+    if outcome == Outcome.UNKNOWN:
         raise ApiError(404, "model_not_found", f"model {model_id!r} is not in the registry")
-    if outcome == "not_served":
+    if outcome == Outcome.NOT_SERVED:
         raise ApiError(409, "model_not_served", f"model {model_id!r} has serve: false; turn serve on first")
-    if outcome == "downloading":
+    if outcome == Outcome.DOWNLOADING:
         raise ApiError(409, "model_not_downloaded", result["model"].get("missing") or "not downloaded yet",
                        download=result["model"].get("download"))
     events.record(f"model_{action}_requested", who=who.name, model=model_id)

@@ -3,7 +3,7 @@
 import pytest
 
 from app.api.tokens import TokenFile
-from tests.ui.conftest import csrf, flashes, login, post
+from tests.frontend.conftest import csrf, flashes, login, post
 
 PAGES = ["/", "/models", "/models/new", "/models/m0/edit", "/history", "/history/0", "/hub", "/downloads",
          "/events", "/dashboard/live", "/downloads/live", "/events/live"]

@@ -1,6 +1,6 @@
 """History: revisions with who changed what, diffs, restore."""
 
-from tests.ui.conftest import flashes, post
+from tests.frontend.conftest import flashes, post
 
 
 def test_history_diff_and_restore(admin, someone_else):

@@ -16,7 +16,7 @@ from app.registry.store import RegistryStore
 from app.settings import Settings
 from frontend import create_app
 from tests.api.conftest import REGISTRY
-from tests.ui.conftest import login
+from tests.frontend.conftest import login
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,7 @@
-"""The Ray head of this box: started on loopback, found, and stopped by PID (ours only).
+"""The Ray head of this box: started on loopback, found, stopped by PID (ours only), and joined as a driver.
+
+The one module every process uses to reach Ray (the box CLI, the management API, deploy, tests and
+benchmarks), so none of them imports the serving plane just to connect.
 
 Ray runs single-node here. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` puts Ray in its single-node
 mode on Linux too, which makes it keep 127.0.0.1 as the node address (with the default,
@@ -19,6 +22,8 @@ from pathlib import Path
 import psutil
 
 from app.settings import Settings
+
+NAMESPACE = "llmbox"  # the Ray namespace of the box's own actors (the model manager)
 
 _MARK = "LLMBOX_RAY_HEAD"
 # A Unix socket path may be at most 107 bytes; Ray puts sockets ~62 bytes below its temp dir.
@@ -149,8 +154,27 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def connect(settings: Settings) -> None:
+    """Attach this process to the box's Ray head as a driver (idempotent)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.update(ray_variables(settings))  # address, single-node mode, auth token
+    # Ray read these when it was imported, which may have been before this call. Make this
+    # process follow them too: single-node mode (else 127.0.0.1 is rewritten to the host's
+    # address) and the box's auth token (re-read as Ray's own test utilities do).
+    from ray._private import ray_constants
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+    ray.init(address=address(settings), namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
+
+
 def main() -> None:
-    """``python -m app.serving.ray_head``: run the head in the foreground (a systemd service)."""
+    """``python -m app.ray_head``: run the head in the foreground (a systemd service)."""
     from app.settings import get_settings
 
     settings = get_settings()

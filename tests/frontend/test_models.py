@@ -2,7 +2,7 @@
 
 import re
 
-from tests.ui.conftest import flashes, post
+from tests.frontend.conftest import flashes, post
 
 CONFLICT = re.compile(r"Someone else changed the registry \(now revision (\d+)\)\. Reload to see their change; "
                       r"your edit was not applied\.")

@@ -3,7 +3,7 @@
 import re
 import time
 
-from tests.ui.conftest import flashes, post
+from tests.frontend.conftest import flashes, post
 
 
 def rows(html: str) -> dict[str, str]:

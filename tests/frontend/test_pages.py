@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from tests.ui.conftest import flashes, post
+from tests.frontend.conftest import flashes, post
 
 PAGES = {"/": "Dashboard", "/models": "Models", "/models/new": "Add a model", "/models/m0/edit": "Edit m0",
          "/history": "Registry history", "/history/0": "Registry revision 0", "/hub": "Hugging Face hub",

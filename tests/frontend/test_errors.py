@@ -4,7 +4,7 @@ import pytest
 
 from app.devtools.sandbox import free_port
 from frontend import create_app
-from tests.ui.conftest import flashes, login, post
+from tests.frontend.conftest import flashes, login, post
 
 
 @pytest.fixture

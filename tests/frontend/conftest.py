@@ -1,7 +1,7 @@
 """The admin UI against a real management API process (``python -m app.api``) and the hub stand-in.
 
 No serving plane runs here (the API answers 503 ``serving_unavailable`` for serving calls, which
-the UI must show plainly); tests/ui/test_e2e.py drives a whole box in a real browser.
+the UI must show plainly); tests/frontend/test_e2e.py drives a whole box in a real browser.
 """
 
 from __future__ import annotations
