@@ -12,11 +12,14 @@ import re
 from typing import Any
 
 _ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-_RAY_IDS = re.compile(r"\b(?:actor|task|worker|node|lease|object)(?: ?id)?[ =:]*[0-9a-f]{16,}\b", re.I)
+_RAY_IDS = re.compile(r"\b(actor|task|worker|node|lease|object)(?:_?id)?[ =:]*[0-9a-f]{16,}\b", re.I)
 _HEX_IDS = re.compile(r"\b[0-9a-f]{24,}\b")
 _PIDS = re.compile(r"\(?\b(?:pid|PID)[=: ]\s*\d+\)?,?\s*")
 _RAY_PREFIX = re.compile(r"^\s*\((?:[A-Za-z_:.]+ )?pid=\d+[^)]*\)\s*")
-_FRAME = re.compile(r'^\s*(File ".*", line \d+|Traceback \(most recent call last\)|\^+$|~+\^+~*$)')
+_MODULE_PATH = re.compile(r"\b(?:[a-z_][a-z0-9_]*\.)+(?=[A-Z]\w*(?:Error|Exception|Exit)\b)")  # vllm.v1.x.EngineDeadError
+_FRAME = re.compile(r'^\s*(File ".*", line \d+|Traceback \(most recent call last\)|\^+$|~+\^+~*$|'
+                    r'For further information visit )')  # the last is pydantic's footer
+_PYDANTIC_TAIL = re.compile(r"\s*\[type=\w+, input_value=.*$")
 MAX_MESSAGE = 500
 
 
@@ -27,7 +30,9 @@ def clean(message: object) -> str:
     lines = [line for line in lines if line and not _FRAME.match(line) and not line.startswith("ray::")]
     # A traceback or a Ray error puts the exception last; plain messages are one line anyway.
     line = lines[-1] if lines else "unknown error"
-    line = _PIDS.sub("", _HEX_IDS.sub("", _RAY_IDS.sub("", line))).strip(" :,;")
+    line = _PYDANTIC_TAIL.sub("", line).removeprefix("Value error, ")
+    line = _PIDS.sub("", _HEX_IDS.sub("", _RAY_IDS.sub(r"\1", _MODULE_PATH.sub("", line))))
+    line = re.sub(r"\s{2,}", " ", line).strip(" :,;")
     return line[:MAX_MESSAGE] or "unknown error"
 
 

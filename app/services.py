@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import httpx
@@ -51,29 +52,50 @@ def pid(settings: Settings, name: str) -> int | None:
     return None
 
 
-def start(settings: Settings, name: str, module: str, health_url: str, timeout_s: float = 60) -> bool:
-    """Start ``python -m module`` unless it runs; wait until ``health_url`` answers. True if started now."""
+def start(settings: Settings, name: str, module: str, health_url: str, timeout_s: float = 60,
+          env: Mapping[str, str] | None = None) -> bool:
+    """Start ``python -m module`` unless it runs; wait until ``health_url`` answers. True if started now.
+
+    ``env``: the service's environment (default: this process's).
+    """
     if pid(settings, name):
         return False
     logs = settings.state_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "LLMBOX_SERVICE": f"llmbox-{name}"}
-    with open(logs / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", module], cwd=settings.root_dir, env=env, stdout=log,
+    log_path = logs / f"{name}.log"
+    variables = {**(os.environ if env is None else env), "LLMBOX_SERVICE": f"llmbox-{name}"}
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", module], cwd=settings.root_dir, env=variables, stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     _pid_file(settings, name).write_text(f"{proc.pid}\n")
+    wait_healthy(health_url, proc, timeout_s, log_path, name=name)
+    return True
+
+
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, log_path: Path | None = None,
+                 name: str | None = None) -> None:
+    """Poll ``url`` until it answers 200. RuntimeError if ``proc`` exits first or ``timeout_s`` passes, with
+    the last lines of ``log_path`` (where its output goes, if anywhere); ``name`` names it (default: its command)."""
+    name = name or " ".join(map(str, proc.args))
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    while True:
         if proc.poll() is not None:
-            tail = (logs / f"{name}.log").read_text(errors="replace").strip().splitlines()[-5:]
-            raise RuntimeError(f"{name} exited with {proc.returncode}:\n" + "\n".join(tail))
+            raise RuntimeError(f"{name} exited with {proc.returncode}{_tail(log_path)}")
         try:
-            if httpx.get(health_url, timeout=2).status_code == 200:
-                return True
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
         except httpx.HTTPError:
             pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{name} did not answer on {health_url} within {timeout_s:.0f} s (see {logs / name}.log)")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not answer on {url} within {timeout_s:.0f} s{_tail(log_path)}")
+        time.sleep(0.2)
+
+
+def _tail(log_path: Path | None, lines: int = 10) -> str:
+    if log_path is None:
+        return ""
+    last = Path(log_path).read_text(errors="replace").strip().splitlines()[-lines:]
+    return f" (the end of {log_path}):\n" + "\n".join(last)
 
 
 def stop(settings: Settings, name: str, grace_s: float = 10) -> int | None:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import httpx
 
-from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry
+from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry, wait_for
+from app.services import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would bury the tables
@@ -34,15 +35,14 @@ def box(base: Path, entries: str, **overrides):
 def ensure_ready(url: str, model: str, timeout_s: float = 600) -> None:
     """Load a model through the llama.cpp-style endpoint and wait until /v1/models says ready."""
     httpx.post(f"{url}/models/load", json={"model": model}, timeout=60).raise_for_status()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         states = {m["id"]: m["state"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
-        if states[model] == "ready":
-            return
         if states[model] == "failed":
             raise RuntimeError(f"{model} failed to load")
-        time.sleep(0.5)
-    raise RuntimeError(f"{model} did not load in {timeout_s} s")
+        return states[model] == "ready"
+
+    wait_for(ready, timeout_s, f"{model} to load")
 
 
 def tiny_box_entries(*model_ids: str) -> str:
@@ -61,17 +61,7 @@ def vllm_serve(model_dir: Path, cache_dir: Path):
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"vllm serve exited with {proc.returncode}")
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() - started > 600:
-                raise RuntimeError("vllm serve did not become healthy in 600 s")
-            time.sleep(0.2)
+        wait_healthy(f"{url}/health", proc, 600, name="vllm serve")
         yield url, time.monotonic() - started
     finally:
         proc.terminate()

@@ -19,7 +19,7 @@ import httpx
 import psutil
 import ray
 
-from app.devtools.sandbox import EMBED_ENTRY, tiny_entry
+from app.devtools.sandbox import EMBED_ENTRY, tiny_entry, wait_for
 from app.lifecycle import actor
 from bench.common import box, ensure_ready, median, table
 
@@ -41,8 +41,8 @@ def one_run(url: str, model: str, timeout_s: int) -> dict[str, float]:
     httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).raise_for_status()
     loaded = available_gb()
     last_used = view(model)["last_used"]
-    while (v := view(model))["state"] != "unloaded":
-        time.sleep(0.1)
+    v = wait_for(lambda: (m := view(model))["state"] == "unloaded" and m, timeout_s + 120, f"{model} to unload",
+                 every_s=0.1)
     time.sleep(2)  # let the kernel account for the engine's freed pages
     return {"late_s": v["since"] - (last_used + timeout_s), "measured_gb": v["memory_gb"] or 0.0,
             "taken_gb": before - loaded, "returned_gb": available_gb() - loaded}

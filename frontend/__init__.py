@@ -20,7 +20,8 @@ CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' 
 
 
 def create_app(test_config: dict | None = None) -> Flask:
-    """The UI for ``test_config`` (needs ``API_URL`` and ``SECRET_KEY``), else for llmbox's settings."""
+    """The UI for ``test_config`` (needs ``API_URL`` and ``SECRET_KEY``; ``API_TRANSPORT``, an httpx
+    transport, replaces HTTP to the API), else for llmbox's settings."""
     app = Flask(__name__)
     app.config.from_mapping(
         SESSION_COOKIE_NAME="llmbox_ui", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
@@ -33,7 +34,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.from_mapping(from_settings(get_settings()))
     else:
         app.config.from_mapping(test_config)
-    app.extensions["llmbox_api"] = new_pool(app.config["API_URL"])
+    app.extensions["llmbox_api"] = new_pool(app.config["API_URL"], app.config.get("API_TRANSPORT"))
     app.extensions["llmbox_logins"] = auth.Logins()
 
     app.before_request(auth.check_request)

@@ -38,9 +38,12 @@ class ApiError(Exception):
         return self.details.get("current_revision")
 
 
-def new_pool(base_url: str) -> httpx.Client:
-    """One connection pool per UI process (thread-safe); requests add the session's token."""
-    return httpx.Client(base_url=base_url, timeout=READ_TIMEOUT_S, follow_redirects=False)
+def new_pool(base_url: str, transport: httpx.BaseTransport | None = None) -> httpx.Client:
+    """One connection pool per UI process (thread-safe); requests add the session's token.
+
+    ``transport``: how requests reach the API (default: HTTP; tests answer them in process).
+    """
+    return httpx.Client(base_url=base_url, timeout=READ_TIMEOUT_S, follow_redirects=False, transport=transport)
 
 
 class ApiClient:

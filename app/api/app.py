@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import logging
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 
-from app.api import changes, errors
+from app.api import errors
 from app.api.deps import authorize
 from app.api.errors import ApiError
 from app.api.limits import BodyLimit
+from app.api.registry_watch import RegistryWatch
 from app.api.routes import downloads, events, gpu, hub, models, registry, serving
 from app.api.serving_client import ServingClient
 from app.events import EventLog
@@ -20,7 +20,6 @@ from app.hub.downloads import DownloadManager
 from app.registry.store import RegistryStore
 from app.settings import Settings
 
-log = logging.getLogger("llmbox.api")
 MAX_BODY_BYTES = 1024 * 1024
 
 
@@ -33,11 +32,12 @@ def create_app(settings: Settings) -> FastAPI:
         state.downloads.resume_unfinished()  # downloads cut short by a restart continue
         # Importing Ray takes seconds: do it now, not in the first request that needs the manager.
         warm = asyncio.get_running_loop().run_in_executor(None, importlib.import_module, "ray")
-        try:
-            changes.start_missing_downloads(state.store.read(), state.downloads, state.events)
-        except Exception as exc:  # no registry yet: nothing to download
-            log.warning("registry not readable at start: %s", exc)
+        # Its first check starts what the registry needs now; later ones, what any writer adds.
+        background = {asyncio.create_task(state.registry_watch.run(), name="registry-watch")}
         yield
+        for task in background:
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
         await warm
         state.downloads.shutdown()
 
@@ -53,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
         on_event=lambda kind, data: app.state.events.record(kind, **data),
         min_free_bytes=int(settings.download_min_free_gb * 1024**3),
     )
+    app.state.registry_watch = RegistryWatch(app.state.store, app.state.downloads, app.state.events)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     for module in (models, registry, serving, gpu, hub, downloads, events):

@@ -11,6 +11,7 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 
 from app.api.errors import ApiError
+from app.api.registry_watch import RegistryWatch
 from app.api.serving_client import ServingClient
 from app.api.tokens import Principal, TokenFile
 from app.events import EventLog
@@ -39,6 +40,10 @@ def get_events(request: Request) -> EventLog:
     return request.app.state.events
 
 
+def get_registry_watch(request: Request) -> RegistryWatch:
+    return request.app.state.registry_watch
+
+
 def get_nvml():
     """The NVML module (``nvidia-ml-py``); tests override this with a fake behind the same interface."""
     import pynvml
@@ -51,6 +56,7 @@ StoreDep = Annotated[RegistryStore, Depends(get_store)]
 ServingDep = Annotated[ServingClient, Depends(get_serving)]
 DownloadsDep = Annotated[DownloadManager, Depends(get_downloads)]
 EventsDep = Annotated[EventLog, Depends(get_events)]
+WatchDep = Annotated[RegistryWatch, Depends(get_registry_watch)]
 NvmlDep = Annotated[object, Depends(get_nvml)]
 
 

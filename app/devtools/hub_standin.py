@@ -14,9 +14,10 @@ Errors carry the ``X-Error-Code`` header (RepoNotFound, RevisionNotFound, EntryN
 GatedRepo) that the client maps to its exceptions. Files are served directly (no CDN redirect)
 and never as Xet: there are no ``X-Xet-*`` headers, so the client uses plain HTTP.
 
-Knobs for tests: ``throttle_bps`` (slow transfers), ``drop_connection()`` (close the socket once
-mid-file), ``outage`` (resolve answers 503), declared sizes (advertise a file bigger than the bytes
-stored; the rest reads as zeros) and counters of requests, Range requests and bytes served.
+Knobs for tests: ``throttle_bps`` (slow transfers), ``info_delay_s`` (slow model_info),
+``drop_connection()`` (close the socket once mid-file), ``outage`` (resolve answers 503), declared
+sizes (advertise a file bigger than the bytes stored; the rest reads as zeros) and counters of
+requests, Range requests and bytes served.
 
 CLI (demo repos for the UI and manual checks):
     python -m app.devtools.hub_standin --port 8099 --root /tmp/standin
@@ -175,6 +176,7 @@ class HubStandin:
         self.tokens = set(tokens)  # tokens with access to gated repos
         self.throttle_bps: int | None = None  # bytes per second of every file transfer; None = full speed
         self.outage = False  # while True, every resolve (file) request answers 503
+        self.info_delay_s = 0.0  # seconds every model_info answer waits: a slow hub
         self._repos: dict[str, _Repo] = {}
         self._drops: dict[tuple[str, str], int] = {}
         self._outage_after_drop: dict[tuple[str, str], bool] = {}
@@ -376,6 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _model_info(self, repo_id: str, revision: str | None, query: dict[str, list[str]]) -> None:
         with self.hub._lock:
             self.hub.requests["info"] += 1
+        time.sleep(self.hub.info_delay_s)
         repo = self._repo(repo_id)
         if repo is None:
             return

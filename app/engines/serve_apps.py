@@ -12,6 +12,7 @@ with the same functions (tests/lifecycle/fakes.py).
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,9 @@ from app.engines.llm_config import DEPLOYMENT_NAME, app_name, build_app, config_
 
 _KV_NAMESPACE = b"llmbox"
 ENGINE_INFO_TIMEOUT_S = 5.0
+# One deploy at a time: two LLMConfig validations in parallel threads failed now and then here
+# ("Invalid deployment config" from Serve's DeploymentConfig, the same config that passes alone).
+_DEPLOYING = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -44,10 +48,11 @@ def deploy(model_id: str, config: dict[str, Any]) -> None:
     """Submit the model's application and return at once (the manager polls its status)."""
     from ray.experimental import internal_kv
 
-    internal_kv._internal_kv_put(f"deployed:{model_id}".encode(), config_key(config).encode(),
-                                 namespace=_KV_NAMESPACE)
-    target = serve.RunTarget(build_app(config), name=app_name(model_id), route_prefix=None)
-    serve.run_many([target], wait_for_applications_running=False)
+    with _DEPLOYING:
+        internal_kv._internal_kv_put(f"deployed:{model_id}".encode(), config_key(config).encode(),
+                                     namespace=_KV_NAMESPACE)
+        target = serve.RunTarget(build_app(config), name=app_name(model_id), route_prefix=None)
+        serve.run_many([target], wait_for_applications_running=False)
 
 
 def delete(model_id: str) -> None:

@@ -443,7 +443,7 @@ class DownloadManager:
         return records
 
     def _save(self, record: dict) -> None:
-        path = self.records_dir / f"{record['id']}.json"
+        path = paths.record_path(self.records_dir.parent, record["repo_id"], record["revision"])
         tmp = path.with_suffix(".json.tmp")
         with open(tmp, "w") as f:
             json.dump(record, f, indent=1)
@@ -475,3 +475,16 @@ class DownloadManager:
     def _redacted(self, exc: Exception) -> Exception:
         exc.args = tuple(self._redact(a) if isinstance(a, str) else a for a in exc.args)
         return exc
+
+
+PROGRESS_KEYS = ("state", "percent", "bytes_done", "bytes_total", "rate_bps", "eta_s", "error")
+
+
+def progress(state_dir: Path, repo_id: str, revision: str | None) -> dict | None:
+    """A download's progress as its record says (for processes that do not run the downloads:
+    the model manager shows it on /v1/models); None when there is no record."""
+    try:
+        record = json.loads(paths.record_path(Path(state_dir), repo_id, revision).read_text())
+    except (OSError, ValueError):
+        return None
+    return {k: record.get(k) for k in PROGRESS_KEYS}

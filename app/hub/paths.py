@@ -9,14 +9,11 @@ complete, so "the final folder exists" means "the weights are all here".
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from app.registry.schema import HF_REPO_PATTERN
+from app.registry.schema import HF_REPO_PATTERN, check_revision
 
 DEFAULT_REVISION = "main"
-# A branch, tag or commit. No '/', so a revision is one path component (refs/pr/N is not supported).
-REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def check_repo(repo_id: str, revision: str | None = None) -> tuple[str, str]:
@@ -24,9 +21,7 @@ def check_repo(repo_id: str, revision: str | None = None) -> tuple[str, str]:
     revision = revision or DEFAULT_REVISION
     if not HF_REPO_PATTERN.fullmatch(repo_id) or ".." in repo_id:
         raise ValueError(f"{repo_id!r} is not a Hugging Face repo id (org/name)")
-    if not REVISION_PATTERN.fullmatch(revision) or ".." in revision:
-        raise ValueError(f"revision {revision!r} is not allowed: a branch, tag or commit without '/' or '..'")
-    return repo_id, revision
+    return repo_id, check_revision(revision)
 
 
 def download_id(repo_id: str, revision: str | None = None) -> str:

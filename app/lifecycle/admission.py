@@ -1,5 +1,10 @@
 """Admission: does a model fit, and which idle models would make room (pure functions).
 
+A load that does not fit first evicts idle unpinned models, least valuable first; if that is not
+enough it drains the least valuable busy one (new requests wait for its reload, the ones in flight
+finish, then it is evicted) and waits; it is refused at once only when it could never fit (its
+need is more than the total less what pinned models take), else at its load deadline.
+
 A model's need is its footprint measured after its last load, else the registry's ``memory_gb``,
 else DEFAULT_NEED_GB. Free memory counts what models that are still loading will take: NVML sees
 only what an engine has allocated so far, and a CPU budget sees nothing of a load in progress, so
@@ -28,8 +33,8 @@ def held_gb(models: Iterable[Runtime], exclude: Runtime | None = None) -> float:
 
 
 def coming_gb(models: Iterable[Runtime], exclude: Runtime | None = None) -> float:
-    """What models still loading (or reloading after a crash) will take."""
-    return sum(need_gb(r) for r in models if r is not exclude and r.state in COMING)
+    """What models still loading (or reloading after a crash), and admitted, will take."""
+    return sum(need_gb(r) for r in models if r is not exclude and r.state in COMING and r.admitted)
 
 
 def value(rt: Runtime, now: float) -> float:
@@ -45,8 +50,21 @@ def victims(models: Iterable[Runtime], wanted: Runtime, now: float) -> list[Runt
     return sorted(candidates, key=lambda r: value(r, now))
 
 
+def drainable(models: Iterable[Runtime], wanted: Runtime, now: float) -> list[Runtime]:
+    """Busy models that could make room once their requests end, least valuable first."""
+    candidates = [r for r in models
+                  if r is not wanted and r.state == State.READY and not r.entry.always_on and r.busy()]
+    return sorted(candidates, key=lambda r: value(r, now))
+
+
+def ceiling_gb(models: Iterable[Runtime], wanted: Runtime, total: float) -> float:
+    """The most ``wanted`` could ever get: the total less what pinned models hold or will take."""
+    return total - sum(need_gb(r) for r in models
+                       if r is not wanted and r.entry.always_on and (r.state in HELD or r.admitted))
+
+
 def refusal(wanted: Runtime, need: float, free: float, total: float, models: Iterable[Runtime]) -> str:
     """Why ``wanted`` cannot be loaded, naming what holds the memory."""
-    holders = [r.entry.id for r in models if r is not wanted and r.state in HELD + COMING]
+    holders = [r.entry.id for r in models if r is not wanted and (r.state in HELD or r.admitted)]
     return (f"not enough memory for {wanted.entry.id!r}: needs {need:.1f} GB, {max(free, 0):.1f} GB free "
             f"of {total:.1f} GB; loaded and busy or pinned: {', '.join(holders) or 'none'}")

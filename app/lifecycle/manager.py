@@ -22,26 +22,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.engines.engine_logs import last_error_line
-from app.engines.llm_config import EngineHost, app_name, config_key, llm_config_dict, model_of
-from app.engines.sources import NotDownloaded, SourceMissing, is_hub, resolve
+from app.engines.llm_config import EngineHost, config_key, llm_config_dict, model_of
+from app.engines.sources import SourceMissing
 from app.events import EventLog
 from app.gpu.memory import CpuBudget, MemoryProbe, NvmlMemory
-from app.hub import paths
-from app.lifecycle import admission, loops, reaper, watchdog
+from app.lifecycle import admission, loops, watchdog, weights
 from app.lifecycle.counters import Counters
+from app.lifecycle.loading import Loading
 from app.lifecycle.measurements import Measurements
 from app.lifecycle.routers import RouterLink
 from app.lifecycle.runtime import DIRECT, ManagerConfig, ModelView, Process, Runtime
 from app.lifecycle.states import Outcome, State, check
+from app.lifecycle.unloading import Unloading
+from app.lifecycle.watchdog import Watching
 from app.openai_errors import clean
 from app.registry.schema import ModelEntry, Registry
 from app.registry.store import RegistryStore
 
 log = logging.getLogger("llmbox.manager")
 
-ABANDONING = ("manual", "reconcile")  # unload reasons that stop a load in progress
-REVOKE_TRIES = 3  # a manual/reconcile unload asks silent routers this often before it goes ahead
 
 
 def _serve_apps():
@@ -50,7 +49,7 @@ def _serve_apps():
     return serve_apps
 
 
-class ModelManager:
+class ModelManager(Loading, Unloading, Watching):
     """Run as a Ray actor (app/lifecycle/actor.py); every public method is called through its handle."""
 
     def __init__(self, config: ManagerConfig, apps=None, clock: Callable[[], float] = time.time,
@@ -137,8 +136,9 @@ class ModelManager:
             return done or result
         except Exception as exc:  # noqa: BLE001 - one bad entry must not stop the others
             log.exception("reconcile of %s failed", model_id)
-            self.events.record("reconcile_failed", model=model_id, error=clean(exc))
-            return f"error: {clean(exc)}"
+            reason = clean(f"{type(exc).__name__}: {exc}")
+            self.events.record("reconcile_failed", model=model_id, error=reason)
+            return f"error: {reason}"
 
     async def _remove(self, rt: Runtime) -> None:
         try:
@@ -183,27 +183,7 @@ class ModelManager:
         return rt.display_state()
 
     def _check_weights(self, rt: Runtime) -> None:
-        """Note whether the model's weights are servable now; while not, attach its download record."""
-        rt.missing = rt.download = None
-        if not is_hub(rt.entry):
-            return  # local folders: a missing one is a load failure with the path in the reason
-        try:
-            resolve(rt.entry, self.host.models_dir)
-        except NotDownloaded as exc:
-            rt.missing = str(exc)
-            rt.download = self._download_record(rt.entry)
-
-    def _download_record(self, entry: ModelEntry) -> dict[str, Any] | None:
-        """The management API's record of this repo's download (progress), if there is one."""
-        import json
-
-        path = paths.record_path(Path(self.config.state_dir), entry.source, entry.revision)
-        try:
-            record = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return None
-        keys = ("state", "percent", "bytes_done", "bytes_total", "rate_bps", "eta_s", "error")
-        return {k: record.get(k) for k in keys}
+        weights.check(rt, self.host.models_dir, self.config.state_dir)
 
     def _config(self, entry: ModelEntry) -> dict[str, Any]:
         return llm_config_dict(entry, self.host)
@@ -233,9 +213,9 @@ class ModelManager:
         if rt.state == State.FAILED and self.clock() < rt.since + rt.backoff_s():
             return self._answer(Outcome.FAILED, rt)
         ticket = self._count_in(rt, router)
-        if rt.state == State.READY:
+        if rt.state == State.READY and not rt.draining:
             return {**self._answer(Outcome.READY, rt), "lease": rt.lease, "ticket": ticket}
-        self._start_load(rt)
+        self._start_load(rt)  # while it drains: queued behind the unload, it loads it again
         return {**self._answer(Outcome.PENDING, rt), "ticket": ticket}
 
     async def wait(self, model_id: str, timeout_s: float, queued_at: float) -> dict[str, Any]:
@@ -248,7 +228,7 @@ class ModelManager:
             return {"outcome": Outcome.UNKNOWN}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while rt.pending() and loop.time() < deadline:
+        while (rt.pending() or rt.draining) and loop.time() < deadline:
             if rt.loading():
                 await asyncio.wait([rt.loader], timeout=deadline - loop.time())  # never cancels the load
             else:
@@ -257,10 +237,10 @@ class ModelManager:
             return {"outcome": Outcome.UNKNOWN}
         if not rt.entry.serve:
             return self._answer(Outcome.NOT_SERVED, rt)
-        if rt.state == State.READY:
+        if rt.state == State.READY and not rt.draining:
             self.counters.observe(self.counters.queue_wait, model_id, self.clock() - queued_at)
             return {**self._answer(Outcome.READY, rt), "lease": rt.lease}
-        if rt.pending():
+        if rt.pending() or rt.draining:
             return self._answer(Outcome.PENDING, rt)
         if rt.state == State.FAILED:
             return self._answer(Outcome.FAILED, rt)
@@ -344,243 +324,12 @@ class ModelManager:
         rt = self.models.get(model_id)
         return list(rt.pids) if rt is not None and rt.state == State.READY else []
 
-    # --- loading -------------------------------------------------------------------------
-    def _start_load(self, rt: Runtime) -> None:
-        if rt.loading():
-            return  # single flight: the running load serves every waiter
-        if rt.state in (State.UNLOADED, State.FAILED):
-            self._set(rt, State.LOADING)  # visible at once; behind an unload, _load sets it
-        rt.loader = self._spawn(self._load(rt), "load")
-
-    async def _load(self, rt: Runtime, crash: watchdog.Crash | None = None) -> None:
-        """The one load pipeline: (after a crash, its record first) admission, deploy, wait, measure."""
-        async with rt.lock:
-            if crash is not None and not await self._record_crash(rt, crash):
-                return  # too many crashes: FAILED, no reload
-            if rt.state in (State.UNLOADED, State.FAILED):  # we were queued behind an unload
-                self._set(rt, State.LOADING)
-            if rt.state not in (State.LOADING, State.RESTARTING):
-                return
-            started = self.clock()
-            model_id = rt.entry.id
-            rt.refused = False
-            try:
-                need = admission.need_gb(rt)
-                refusal = await self._make_room(rt, need)
-                if refusal or rt.abandon:
-                    return self._stop_loading(rt, refusal)
-                while True:
-                    config = self._config(rt.entry)
-                    rt.config_key = config_key(config)
-                    await asyncio.to_thread(self.apps.deploy, model_id, config)
-                    error = await self._wait_running(rt, started)
-                    if rt.abandon:
-                        await asyncio.to_thread(self.apps.delete, model_id)
-                        return self._stop_loading(rt, None)
-                    if error:
-                        return await self._fail(rt, error)
-                    info = await self._engine_info(model_id)
-                    if self._config_key(rt.entry) == rt.config_key:
-                        break
-                    log.info("engine settings of %s changed during its load: loading it again", model_id)
-                    await asyncio.to_thread(self.apps.delete, model_id)
-                self._watch(rt, info)
-                rt.memory_gb = round(await asyncio.to_thread(self.memory.process_gb, rt.pids), 3) if rt.pids else None
-                rt.last_load_s = round(self.clock() - started, 2)
-                rt.failures, rt.last_error = 0, None
-                rt.lease = next(self._leases)
-                self._set(rt, State.READY)
-            except Exception as exc:  # any failure of a load is the model's state, not a crash
-                log.exception("load of %s failed", model_id)
-                return await self._fail(rt, clean(f"{type(exc).__name__}: {exc}"))
-        self.counters.count(self.counters.loads, (model_id, "ok"))
-        self.counters.observe(self.counters.load_seconds, model_id, rt.last_load_s)
-        log.info("loaded %s in %.1f s (%.2f GB)", model_id, rt.last_load_s, rt.memory_gb or 0)
-        self._event("model_loaded", rt, seconds=rt.last_load_s, memory_gb=rt.memory_gb)
-        self.measurements.remember(model_id, rt.entry.source, rt.memory_gb, rt.last_load_s)
-
-    def _stop_loading(self, rt: Runtime, refusal: str | None) -> None:
-        """The load ends without an engine: refused for memory, or abandoned."""
-        self._set(rt, State.UNLOADED)
-        if refusal:
-            rt.refused, rt.last_error = True, refusal
-            self.counters.count(self.counters.loads, (rt.entry.id, "no_memory"))
-            self._event("model_load_refused", rt, reason=refusal)
-        else:
-            self._event("model_load_abandoned", rt)
-
-    async def _wait_running(self, rt: Runtime, started: float) -> str | None:
-        """Poll Serve until the app runs (None) or fails (the reason); stops early when abandoned."""
-        deadline = started + self.config.load_timeout_s
-        while not rt.abandon:
-            app = await asyncio.to_thread(self.apps.status, rt.entry.id)
-            if app.status == "RUNNING":
-                return None
-            # "failed to start": Serve would retry the replica; the manager decides instead.
-            if app.status in ("DEPLOY_FAILED", "UNHEALTHY") or "failed to start" in app.message:
-                return clean(app.message or app.status)
-            if self.clock() > deadline:
-                return f"load did not finish within {self.config.load_timeout_s:.0f} s"
-            await asyncio.sleep(self.config.poll_interval_s)
-        return None
-
-    async def _engine_info(self, model_id: str) -> dict[str, Any] | None:
-        try:
-            return await asyncio.to_thread(self.apps.engine_info, model_id)
-        except Exception as exc:  # noqa: BLE001 - the replica may be gone or busy
-            log.warning("the replica of %s did not report its engine: %s", model_id, exc)
-            return None
-
-    def _watch(self, rt: Runtime, info: dict[str, Any] | None) -> None:
-        """Record the processes the watchdog checks from now on."""
-        if not info:
-            rt.pids, rt.processes, rt.log_path = [], [], None
-            return
-        rt.pids = [info["pid"]]
-        rt.processes = [Process(info["pid"], info["create_time"], "replica", "replica")]
-        rt.processes += [Process(p["pid"], p["create_time"], p["name"], "engine") for p in info.get("processes", [])]
-        rt.log_path = info.get("log")
-
-    async def _fail(self, rt: Runtime, reason: str) -> None:
-        log.warning("load of %s failed: %s", rt.entry.id, reason)
-        rt.failures += 1
-        rt.last_error = reason
-        self._set(rt, State.FAILED)
-        self.counters.count(self.counters.loads, (rt.entry.id, "failed"))
-        self.counters.count(self.counters.unloads, (rt.entry.id, "failed"))
-        self._event("model_load_failed", rt, reason=reason)
-        await asyncio.to_thread(self.apps.delete, rt.entry.id)  # free whatever it holds
-
-    # --- memory: admission and eviction ---------------------------------------------------
-    async def _make_room(self, rt: Runtime, need: float) -> str | None:
-        """Evict idle unpinned models, least valuable first, until ``need`` fits; else the refusal."""
-        skipped: set[str] = set()
-        while True:
-            models = self.models.values()
-            free = self.memory.free_gb(admission.held_gb(models, exclude=rt), admission.coming_gb(models, exclude=rt))
-            if need <= free:
-                return None
-            await self.routers.read_usage(self.models)  # who is busy, and when each was last used, as of now
-            victims = [v for v in admission.victims(self.models.values(), rt, self.clock())
-                       if v.entry.id not in skipped]
-            if not victims:
-                return admission.refusal(rt, need, free, self.memory.total_gb(), self.models.values())
-            log.info("evicting %s to make room for %s", victims[0].entry.id, rt.entry.id)
-            if not await self._unload(victims[0], "evicted"):
-                skipped.add(victims[0].entry.id)  # it became busy (or a router did not answer)
-
-    # --- unloading, the reaper and the watchdog --------------------------------------------------
-    async def _unload(self, rt: Runtime, reason: str) -> bool:
-        """Unload the model (reason: idle, evicted, manual, reconcile); True if it was unloaded now."""
-        while rt.loading():
-            rt.abandon = rt.abandon or reason in ABANDONING  # a load that is no longer wanted stops
-            await asyncio.wait([rt.loader])
-        async with rt.lock:
-            rt.abandon = False
-            if rt.state == State.FAILED:
-                self._set(rt, State.UNLOADED)
-                return True
-            if rt.state != State.READY:
-                return False
-            for attempt in range(1 if reason not in ABANDONING else REVOKE_TRIES):
-                if await self._revoke(rt):  # from here on every new request comes through acquire
-                    break
-                if reason not in ABANDONING:
-                    return False  # a silent router counts as busy: the reaper or eviction tries again later
-            if reason in ("idle", "evicted") and rt.busy():
-                return False  # a request arrived since the decision; no await separates this check from the state change
-            if reason == "idle" and not reaper.idle(rt, self.clock()):
-                return False  # the routers had used it since the reaper looked
-            self._set(rt, State.UNLOADING)
-            first_waiting = self._next_ticket  # requests counted in from now on wait for the next load
-            try:
-                await asyncio.to_thread(self.apps.delete, rt.entry.id)
-            finally:
-                self._set(rt, State.UNLOADED)  # memory_gb stays: it sizes the next admission
-                rt.tickets = {t: r for t, r in rt.tickets.items() if t >= first_waiting}
-                rt.pids, rt.processes = [], []
-            self.counters.count(self.counters.unloads, (rt.entry.id, reason))
-            log.info("unloaded %s (%s)", rt.entry.id, reason)
-            self._event("model_unloaded", rt, reason=reason)
-            return True
-
-    async def reap_once(self) -> None:
-        """Unload models idle past their timeout; load always-on models whose download completed."""
-        for rt in list(self.models.values()):
-            if rt.pin_pending and rt.state == State.UNLOADED:
-                self._check_weights(rt)
-                if not rt.missing and rt.entry.serve and rt.entry.always_on:
-                    rt.pin_pending = False
-                    self._start_load(rt)
-        if reaper.candidates(self.models.values(), self.clock()):
-            await self.routers.read_usage(self.models)  # once per tick, and only when something looks idle
-            for rt in reaper.candidates(self.models.values(), self.clock()):
-                if reaper.idle(rt, self.clock()):
-                    self._spawn(self._unload(rt, "idle"), "unload")  # which revokes the routers' lease first
-
-    async def watch_once(self) -> None:
-        """Check every READY model's application, replica and engine processes; drop dead routers."""
-        await self._watch_models(list(self.models.values()), prune_routers=True)
-
-    async def _watch_models(self, models: list[Runtime], prune_routers: bool = False) -> None:
-        taken, mark = self.clock(), self._next_ticket
-        snapshot = await asyncio.to_thread(self.apps.snapshot)
-        if prune_routers:
-            self.routers.forget_dead(self.models.values(), self.routers.discover(snapshot), mark)
-        for rt in models:
-            if rt.state != State.READY or rt.lock.locked() or rt.since > taken:
-                continue  # a load or unload in progress owns it; or it became ready after the snapshot
-            crash = watchdog.find_crash(rt, snapshot.get(app_name(rt.entry.id)), self.alive)
-            if crash is not None:
-                self._crashed(rt, crash)
-
-    def _crashed(self, rt: Runtime, crash: watchdog.Crash) -> None:
-        """A READY model's engine or replica died: RESTARTING at once (so no request is sent to it
-        again), then its reload, which first records the crash and removes what is left of it."""
-        self._set(rt, State.RESTARTING)
-        rt.tickets.clear()  # the requests in flight died with it
-        rt.loader = self._spawn(self._load(rt, crash), "restart")
-
-    async def _record_crash(self, rt: Runtime, crash: watchdog.Crash) -> bool:
-        """Event, counter, the crash's cause, and Serve's app deleted; False after too many crashes."""
-        info = await self._engine_info(rt.entry.id) if crash.process == "engine" else None
-        exited = ((info or {}).get("exited") or [{}])[0]
-        last_error = (info or {}).get("last_error") or await asyncio.to_thread(last_error_line, rt.log_path)
-        now = self.clock()
-        rt.crashes.append(now)
-        while rt.crashes and rt.crashes[0] < now - self.config.crash_window_s:
-            rt.crashes.popleft()
-        await self._revoke(rt)  # the routers' fast path is closed (best effort: a silent one heals itself)
-        how = f"exit code {exited['exit_code']}" if exited.get("exit_code") is not None else "exited"
-        if exited.get("signal"):
-            how = f"killed by {exited['signal']}"
-        rt.last_error = f"its {crash.process} crashed ({how}){': ' + last_error if last_error else ''}"
-        self.counters.count(self.counters.crashes, rt.entry.id)
-        log.warning("%s: %s (%s)", rt.entry.id, rt.last_error, crash.detail)
-        self._event("engine_crashed", rt, process=crash.process, pid=crash.pid, detail=crash.detail,
-                    exit_code=exited.get("exit_code"), signal=exited.get("signal"), last_error=last_error,
-                    crashes_in_window=len(rt.crashes))
-        await asyncio.to_thread(self.apps.delete, rt.entry.id)  # Serve never restarts it behind our back
-        rt.pids, rt.processes = [], []
-        if len(rt.crashes) < self.config.crash_limit:
-            return True
-        rt.failures += 1
-        rt.last_error = (f"crashed {len(rt.crashes)} times within {self.config.crash_window_s / 60:.0f} "
-                         f"minutes; last: {rt.last_error}")
-        self._set(rt, State.FAILED)
-        self.counters.count(self.counters.loads, (rt.entry.id, "failed"))
-        self._event("model_load_failed", rt, reason=rt.last_error)
-        return False
-
-    async def _revoke(self, rt: Runtime) -> bool:
-        """End the routers' lease on this model (a new number for the next grant); False if one is silent."""
-        number, rt.lease = rt.lease, next(self._leases)
-        return await self.routers.revoke(rt, number)
-
     # --- helpers -------------------------------------------------------------------------
     def _set(self, rt: Runtime, state: State) -> None:
         check(rt.state, state)
         rt.state, rt.since = state, self.clock()
+        if state not in admission.COMING:
+            rt.admitted = False  # loaded (then it holds its memory) or not loading any more
 
     def _event(self, kind: str, rt: Runtime, **data: Any) -> None:
         try:
@@ -592,7 +341,7 @@ class ModelManager:
         self.counters.count(self.counters.loop_errors, name)
 
     def _spawn(self, coro, what: str) -> asyncio.Task:
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro, name=what)
         self._tasks.add(task)  # keep a reference until done (the loop holds only weak ones)
 
         def done(finished: asyncio.Task) -> None:

@@ -29,9 +29,10 @@ class ManagerConfig:
     state_dir: str  # download records, measurements and the event log
     cpu_memory_budget_gb: float | None = None
     load_timeout_s: float = 600.0
-    reaper_interval_s: float = 1.0
+    reaper_interval_s: float = 0.5  # an idle model goes at most this late (plus its unload)
     watch_interval_s: float = 1.0  # how often READY models' replicas and engine processes are checked
     poll_interval_s: float = 0.5  # how often a load polls Serve for its application's status
+    drain_poll_s: float = 0.2  # how often a drain (or a load waiting for room) looks again
     crash_limit: int = 3  # this many crashes within crash_window_s: FAILED (with the backoff), no reload
     crash_window_s: float = 600.0
 
@@ -93,6 +94,8 @@ class Runtime:
     failures: int = 0
     crashes: deque = field(default_factory=deque)  # when its engine crashed (within crash_window_s)
     config_key: str = ""  # the engine config it was (or is being) loaded with
+    admitted: bool = False  # loading, and admission has reserved its need
+    draining: bool = False  # chosen to make room while busy: new requests wait for its reload
     refused: bool = False  # its last load was refused by admission (the reason is last_error)
     abandon: bool = False  # the load in progress is to stop (unloaded, removed or unserved meanwhile)
     missing: str | None = None  # why its weights are not servable yet (not downloaded), else None
@@ -110,6 +113,10 @@ class Runtime:
 
     def in_flight(self) -> int:
         return len(self.tickets) + sum(self.router_in_flight.values())
+
+    def in_flight_before(self, ticket: int) -> int:
+        """Requests in flight that were counted in before ``ticket`` (the ones a drain waits for)."""
+        return sum(1 for t in self.tickets if t < ticket) + sum(self.router_in_flight.values())
 
     def busy(self) -> bool:
         return self.in_flight() > 0
@@ -141,6 +148,8 @@ class Runtime:
         if self.state in (State.LOADING, State.RESTARTING):
             view["loading"] = {"state": self.state.value, "elapsed_s": round(now - self.since, 1),
                                "expected_s": self.last_load_s}
+        if self.draining:
+            view["draining"] = True
         if self.state == State.FAILED:
             view["retry_in_s"] = max(0.0, round(self.since + self.backoff_s() - now, 1))
         if self.missing:

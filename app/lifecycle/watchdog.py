@@ -1,4 +1,5 @@
-"""The watchdog's rule: has a READY model's replica or engine died (pure, plus a process probe).
+"""The watchdog: has a READY model's replica or engine died (the rule, pure), and what the manager
+does about it (``Watching``, mixed into ``ModelManager``).
 
 The manager checks every READY model each ``watch_interval_s`` against one Serve snapshot and the
 processes it recorded when the model became ready. A crash is a state change the manager owns
@@ -8,13 +9,20 @@ behind its back.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
 
+from app.engines.engine_logs import last_error_line
+from app.engines.llm_config import app_name
 from app.engines.serve_apps import AppInfo, last_line
 from app.lifecycle.runtime import Process, Runtime
+from app.lifecycle.states import State
+
+log = logging.getLogger("llmbox.manager")
 
 
 @dataclass(frozen=True)
@@ -45,4 +53,62 @@ def alive(proc: Process) -> bool:
         found = psutil.Process(proc.pid)
         return abs(found.create_time() - proc.create_time) < 1.0 and found.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
+        return False
+
+
+class Watching:
+    """The manager's side of the watchdog (its state lives in ``ModelManager``)."""
+
+    async def watch_once(self) -> None:
+        """Check every READY model's application, replica and engine processes; drop dead routers."""
+        await self._watch_models(list(self.models.values()), prune_routers=True)
+
+    async def _watch_models(self, models: list[Runtime], prune_routers: bool = False) -> None:
+        taken, mark = self.clock(), self._next_ticket
+        snapshot = await asyncio.to_thread(self.apps.snapshot)
+        if prune_routers:
+            self.routers.forget_dead(self.models.values(), self.routers.discover(snapshot), mark)
+        for rt in models:
+            if rt.state != State.READY or rt.lock.locked() or rt.since > taken:
+                continue  # a load or unload in progress owns it; or it became ready after the snapshot
+            crash = find_crash(rt, snapshot.get(app_name(rt.entry.id)), self.alive)
+            if crash is not None:
+                self._crashed(rt, crash)
+
+    def _crashed(self, rt: Runtime, crash: Crash) -> None:
+        """A READY model's engine or replica died: RESTARTING at once (so no request is sent to it
+        again), then its reload, which first records the crash and removes what is left of it."""
+        self._set(rt, State.RESTARTING)
+        rt.tickets.clear()  # the requests in flight died with it
+        rt.loader = self._spawn(self._load(rt, crash), "restart")
+
+    async def _record_crash(self, rt: Runtime, crash: Crash) -> bool:
+        """Event, counter, the crash's cause, and Serve's app deleted; False after too many crashes."""
+        await self._revoke(rt)  # close the routers' fast path first (best effort: a silent one heals itself)
+        info = await self._engine_exit(rt.entry.id) if crash.process == "engine" else None
+        exited = ((info or {}).get("exited") or [{}])[0]
+        last_error = (info or {}).get("last_error") or await asyncio.to_thread(last_error_line, rt.log_path)
+        now = self.clock()
+        rt.crashes.append(now)
+        while rt.crashes and rt.crashes[0] < now - self.config.crash_window_s:
+            rt.crashes.popleft()
+        how = f"exit code {exited['exit_code']}" if exited.get("exit_code") is not None else "exited"
+        if exited.get("signal"):
+            how = f"killed by {exited['signal']}"
+        rt.last_error = f"its {crash.process} crashed ({how}){': ' + last_error if last_error else ''}"
+        self.counters.count(self.counters.crashes, rt.entry.id)
+        log.warning("%s: %s (%s)", rt.entry.id, rt.last_error, crash.detail)
+        self._event("engine_crashed", rt, process=crash.process, pid=crash.pid, detail=crash.detail,
+                    exit_code=exited.get("exit_code"), signal=exited.get("signal"), last_error=last_error,
+                    crashes_in_window=len(rt.crashes))
+        await asyncio.to_thread(self.apps.delete, rt.entry.id)  # Serve never restarts it behind our back
+        rt.pids, rt.processes = [], []
+        if len(rt.crashes) < self.config.crash_limit:
+            return True
+        rt.failures += 1
+        rt.last_error = (f"crashed {len(rt.crashes)} times within {self.config.crash_window_s / 60:.0f} "
+                         f"minutes; last: {rt.last_error}")
+        self._set(rt, State.FAILED)
+        self.counters.count(self.counters.loads, (rt.entry.id, "failed"))
+        self._event("model_load_failed", rt, reason=rt.last_error)
         return False

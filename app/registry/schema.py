@@ -18,6 +18,17 @@ MODEL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
 HF_REPO_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
 PACKAGE_PREFIX = "package:"
 PACKAGE_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(/[A-Za-z0-9._-]+)*$")
+# A branch, tag or commit. No '/': a revision is one folder name of a download (app/hub/paths.py),
+# so refs/pr/N is not supported.
+REVISION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_revision(revision: str) -> str:
+    """A Hugging Face revision llmbox can download and serve; ValueError naming it otherwise."""
+    if not REVISION_PATTERN.fullmatch(revision) or ".." in revision:
+        raise ValueError(f"revision {revision!r} is not allowed: a branch, tag or commit (1-128 letters, digits, "
+                         "'.', '_' or '-') without '/' or '..'")
+    return revision
 
 
 class _Strict(BaseModel):
@@ -97,6 +108,12 @@ class ModelEntry(_Strict):
                 "nor package:<module>/<folder>"
             )
         return value
+
+    @field_validator("revision")
+    @classmethod
+    def _check_revision(cls, value: str | None) -> str | None:
+        # Refused here, before the edit is saved: the hub's paths refuse it too, so serving would fail on it.
+        return value if value is None else check_revision(value)
 
     @model_validator(mode="after")
     def _pinned_means_served(self) -> ModelEntry:

@@ -142,18 +142,22 @@ class RegistryStore:
 
     def restore(self, base_revision: int, revision: int) -> Registry:
         """Make a past revision's content current again, as a new revision."""
-        return self.edit(base_revision, self.restoring(revision))
+        return self.replace(base_revision, self.revision_text(revision))
 
-    def restoring(self, revision: int) -> Callable[[CommentedMap], None]:
-        """An edit (for ``edit``) that replaces the body with a past revision's, comments included."""
-        old = self._body(self._load(self.revision_text(revision)))
+    def replace(self, base_revision: int, text: str) -> Registry:
+        """Make the body of the registry YAML ``text`` current, its comments included, as a new revision.
 
-        def replace(body: CommentedMap) -> None:
+        Restore and Ansible's sync module write this way. It is an ``edit``: the new revision is
+        ``base_revision + 1`` whatever the text says, and a stale base raises RegistryConflict.
+        """
+        new = self._body(self._load(text))
+
+        def take_new(body: CommentedMap) -> None:
             body.clear()
-            body.update(old)
-            body.ca.items.update(old.ca.items)  # the comments attached to its keys
+            body.update(new)
+            body.ca.items.update(new.ca.items)  # the comments attached to its keys
 
-        return replace
+        return self.edit(base_revision, take_new)
 
     # --- internals -----------------------------------------------------------------------
     @staticmethod

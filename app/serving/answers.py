@@ -142,3 +142,23 @@ def from_engine(model_id: str, item) -> JSONResponse:
 def from_engine_event(model_id: str, item) -> str:
     info = item.error
     return sse(body(f"model {model_id!r}: {clean(info.message)}", info.type or "server_error", str(info.code)))
+
+
+ERROR_EVENT = 'data: {"error"'
+
+
+def named_errors(model_id: str, text: str) -> str:
+    """Error events inside a model's own stream, rewritten to name the model in our error shape
+    (vLLM sends e.g. ``{"message": "EngineCore encountered an issue...", "type": "InternalServerError",
+    "code": 500}`` when its engine dies mid-stream)."""
+    out = []
+    for event in text.split("\n\n"):
+        if event.startswith(ERROR_EVENT):
+            try:
+                info = json.loads(event[len("data: "):])["error"]
+                event = sse(body(f"model {model_id!r} failed while answering: {clean(info.get('message'))}",
+                                 "server_error", "model_error"))[:-2]
+            except (ValueError, KeyError, TypeError):
+                pass
+        out.append(event)
+    return "\n\n".join(out)

@@ -59,10 +59,6 @@ class RouterConfig:
     heartbeat_s: float = 2.0
 
 
-def _join(item) -> str:
-    return "".join(item) if isinstance(item, list) else str(item)
-
-
 def _head(item):
     return item[0] if isinstance(item, list) and item else item
 
@@ -144,6 +140,16 @@ class Router:
                 DEPLOYMENT_NAME, app_name=app_name(model_id), _check_exists=False
             ).options(stream=True)
         return self._handles[model_id]
+
+    def _text(self, model_id: str, item) -> str:
+        """A piece of the model's stream; an error event in it names the model, and makes the
+        manager look at the model now (its engine may have died) and this router ask it next time."""
+        text = "".join(item) if isinstance(item, list) else str(item)
+        if answers.ERROR_EVENT not in text:
+            return text
+        self.leases.drop(model_id)
+        self.manager.check.remote(model_id)
+        return answers.named_errors(model_id, text)
 
     async def _ask(self, method: str, *args: Any) -> dict[str, Any] | JSONResponse:
         """Call the manager; a 503 answer when it does not answer (Ray restarts it by itself)."""
@@ -328,9 +334,9 @@ class Router:
         """The model's stream; the generation is cancelled if the stream ends early (a client left)."""
         finished = False
         try:
-            yield _join(first)
+            yield self._text(model_id, first)
             async for item in gen:
-                yield _join(item)
+                yield self._text(model_id, item)
             finished = True
         except Exception as exc:  # noqa: BLE001 - the engine died mid-stream: say so, then end
             self.leases.drop(model_id)
@@ -368,7 +374,7 @@ class Router:
                     yield DONE
                     finished = True
                     return
-                yield _join(item)
+                yield self._text(model_id, item)
             finished = True
         except Exception as exc:  # noqa: BLE001 - the engine died mid-stream
             self.leases.drop(model_id)

@@ -1,27 +1,27 @@
-"""A real management API process (``python -m app.api``) on a free port, over its own files.
+"""The management API of one test over its own files: ``TestClient(create_app(settings))``, or served
+over HTTP in this process where the client needs a URL (the fuzzer, the admin UI's tests).
 
-No Ray head runs here: serving calls answer 503 ``serving_unavailable``, which is what the API
-must do when the serving plane is down. tests/integration/test_management.py covers the API
-driving a real serving plane.
+The hub is the stand-in (tests/conftest.py) and no serving plane runs (nothing listens on the Ray port):
+serving calls answer 503 ``serving_unavailable``, which is what the API must do when the serving plane
+is down. test_process.py runs ``python -m app.api`` itself; tests/integration/test_management.py covers
+the API driving a real serving plane.
 """
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from app.api.app import create_app
 from app.api.tokens import TokenFile
-from app.devtools.hub_standin import HubStandin
 from app.devtools.sandbox import free_port
 from app.registry.store import RegistryStore
-from tests.conftest import ROOT
+from app.settings import Settings
+from tests.conftest import serving
 
 REGISTRY = """llmbox_registry:
   revision: 0
@@ -31,68 +31,81 @@ REGISTRY = """llmbox_registry:
 """ + "".join(f"    - id: m{i}\n      source: /srv/models/m{i}\n      serve: true\n" for i in range(8))
 
 
+class Caller:
+    """Requests through ``http`` as the holder of ``token`` (None: anonymous)."""
+
+    def __init__(self, http: TestClient | httpx.Client, token: str | None) -> None:
+        self.http = http
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def request(self, method: str, url: str, *, headers: dict | None = None, **kwargs):
+        return self.http.request(method, url, headers={**self.headers, **(headers or {})}, **kwargs)
+
+    def get(self, url: str, **kwargs):
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs):
+        return self.request("POST", url, **kwargs)
+
+    def patch(self, url: str, **kwargs):
+        return self.request("PATCH", url, **kwargs)
+
+    def delete(self, url: str, **kwargs):
+        return self.request("DELETE", url, **kwargs)
+
+
 @dataclass
 class Api:
-    url: str
+    """A running API: its settings (files under ``base``), two tokens (alice: admin, viewer: read), and
+    ``http``, the one client every request goes through (a TestClient, or httpx to a served app)."""
+
+    base: Path
+    settings: Settings
     admin: str
     reader: str
-    env: dict
-    base: Path
+    http: TestClient | httpx.Client
 
-    def client(self, token: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=30)
+    @property
+    def url(self) -> str:
+        return str(self.http.base_url).rstrip("/")
 
-
-def api_env(base: Path, **extra) -> dict:
-    return {**os.environ, "LLMBOX_STATE_DIR": str(base / "var"), "LLMBOX_MODELS_DIR": str(base / "models"),
-            "LLMBOX_REGISTRY_PATH": str(base / "inventory" / "models.yml"), "LLMBOX_API_PORT": str(free_port()),
-            "LLMBOX_RAY_PORT": str(free_port()), "LLMBOX_DOWNLOAD_MIN_FREE_GB": "0",
-            # The real hub is unreachable here: a closed local port fails fast instead of timing out.
-            "LLMBOX_HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", **extra}
-
-
-def run_api(env: dict, base: Path):
-    log = open(base / "api.log", "ab")
-    proc = subprocess.Popen([sys.executable, "-m", "app.api"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{env['LLMBOX_API_PORT']}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, (base / "api.log").read_text()
-        try:
-            if httpx.get(f"{url}/api/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError("the API did not start")
-
-
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory):
-    """The hub stand-in (a local HTTP server speaking the hub's API) with a tiny model."""
-    standin = HubStandin(root=tmp_path_factory.mktemp("hub"))
-    standin.add_tiny_model("acme/tiny-chat", downloads=50)
-    with standin.serve() as url:
-        standin.url = url
-        yield standin
+    @contextmanager
+    def client(self, token: str | None = None) -> Iterator[Caller]:
+        yield Caller(self.http, token)
 
 
 @contextmanager
-def api_process(base: Path, **env_vars) -> Iterator[Api]:
-    """A running API over ``base`` with the test registry and two tokens (alice: admin, viewer: read)."""
-    env = api_env(base, **env_vars)
-    RegistryStore(Path(env["LLMBOX_REGISTRY_PATH"])).create(REGISTRY)
-    tokens = TokenFile(base / "var" / "admin-tokens")
+def running_api(base: Path, hub_url: str, *, overrides: dict | None = None, served: bool = False,
+                **settings) -> Iterator[Api]:
+    """The API over ``base`` with the test registry and two tokens, its lifespan running.
+
+    In a TestClient, or ``served`` over real HTTP on its ``api_port`` (for clients that need a URL: the
+    fuzzer, the admin UI); ``overrides`` are dependency_overrides (a fake NVML); ``settings`` set Settings fields.
+    """
+    config = Settings(state_dir=base / "var", models_dir=base / "models",
+                      registry_path=base / "inventory" / "models.yml", api_port=free_port(), ray_port=free_port(),
+                      hf_endpoint=hub_url, download_min_free_gb=0, **settings)
+    RegistryStore(config.registry_path).create(REGISTRY)
+    tokens = TokenFile(config.admin_tokens_path)
     admin, reader = tokens.add("alice"), tokens.add("viewer", "read")
-    proc, url = run_api(env, base)
-    try:
-        yield Api(url, admin, reader, env, base)
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    app = create_app(config)
+    app.dependency_overrides.update(overrides or {})
+    if served:
+        with serving(app, config.api_port) as url, httpx.Client(base_url=url, timeout=30) as http:
+            yield Api(base, config, admin, reader, http)
+    else:
+        with TestClient(app) as http:
+            yield Api(base, config, admin, reader, http)
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory, hub):
-    with api_process(tmp_path_factory.mktemp("api"), LLMBOX_HF_ENDPOINT=hub.url) as running_api:
-        yield running_api
+@pytest.fixture
+def hub(hub):
+    """The hub stand-in with the tiny chat model as acme/tiny-chat."""
+    hub.add_tiny_model("acme/tiny-chat", downloads=50)
+    return hub
+
+
+@pytest.fixture
+def api(tmp_path, hub):
+    with running_api(tmp_path, hub.url) as running:
+        yield running

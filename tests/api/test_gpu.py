@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 from app.api.app import create_app
 from app.api.deps import get_nvml, get_serving
 from app.devtools.fake_nvml import FakeGpu, FakeNvml, NoNvml
+from app.devtools.sandbox import free_port
 from app.gpu.status import gpu_status
 from app.settings import Settings
 
@@ -25,7 +26,7 @@ class ServingStub:
 
 def client(tmp_path, nvml, models):
     settings = Settings(state_dir=tmp_path / "var", models_dir=tmp_path / "models", registry_path=tmp_path / "m.yml",
-                        cpu_memory_budget_gb=16)
+                        cpu_memory_budget_gb=16, hf_endpoint=f"http://127.0.0.1:{free_port()}")  # no hub: a closed port
     app = create_app(settings)
     app.dependency_overrides[get_nvml] = lambda: nvml
     app.dependency_overrides[get_serving] = lambda: ServingStub(models)

@@ -5,18 +5,19 @@ serve-on starting a download, cancel, and refusing a download the disk cannot ho
 import time
 
 from app.devtools.hub_standin import LLAMA_70B_CONFIG, add_declared_model
+from app.devtools.sandbox import wait_for
 
 
 def wait_download(c, download_id, timeout_s=60):
+    """The download's record once it has finished, and every percent seen on the way."""
     seen = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def finished():
         record = c.get(f"/api/downloads/{download_id}").json()
         seen.append(record["percent"])
-        if record["state"] not in ("queued", "running"):
-            return record, seen
-        time.sleep(0.2)
-    raise AssertionError(f"download did not finish: {record}")
+        return record if record["state"] not in ("queued", "running") else None
+
+    return wait_for(finished, timeout_s, f"download {download_id} to finish", every_s=0.2), seen
 
 
 def test_search_sorted_by_downloads_with_a_fit_for_this_host(api, hub):
@@ -87,7 +88,7 @@ def test_cancel_stops_and_removes_the_partial_download(api, hub):
             assert c.post("/api/downloads/nope/cancel").status_code == 404
     finally:
         hub.throttle_bps = None
-    assert not list((api.base / "models" / "hub").glob(".partial/acme--slow-chat*"))
+    assert not list((api.settings.models_dir / "hub").glob(".partial/acme--slow-chat*"))
 
 
 def test_a_download_the_disk_cannot_hold_is_refused_before_it_starts(api, hub):
@@ -100,10 +101,13 @@ def test_a_download_the_disk_cannot_hold_is_refused_before_it_starts(api, hub):
         assert all(d["repo_id"] != "acme/too-big" for d in c.get("/api/downloads").json()["downloads"])
 
 
-def test_register_takes_engine_settings_and_refuses_bad_ones(api):
+def test_register_takes_engine_settings_and_refuses_bad_ones(api, hub):
     with api.client(api.admin) as c:
+        first, _ = wait_download(c, c.post("/api/downloads", json={"repo_id": "acme/tiny-chat"}).json()["id"])
+        assert first["state"] == "completed"
+        served = hub.bytes_served("acme/tiny-chat")
         record = c.post("/api/downloads", json={"repo_id": "acme/tiny-chat"}).json()
-        assert record["state"] == "completed"  # downloaded by an earlier test: not fetched again
+        assert record["state"] == "completed" and hub.bytes_served("acme/tiny-chat") == served  # not fetched again
         base = c.get("/api/registry").headers["etag"]
         bad = c.post(f"/api/downloads/{record['id']}/register",
                      json={"id": "tiny-eager", "engine": {"dtype": "float8"}}, headers={"If-Match": base})

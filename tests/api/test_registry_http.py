@@ -75,7 +75,7 @@ def test_add_toggle_delete_with_etags_and_events_naming_who(api):
         assert shown["serve"] and shown["state"] == "unknown"  # state unknown: serving plane down
         assert c.delete("/api/models/extra", headers={"If-Match": f'"{base + 2}"'}).status_code == 200
         assert c.get("/api/models/extra").status_code == 404
-    events = EventLog(api.base / "var" / "events.jsonl").read(3, kind="registry_edited")
+    events = EventLog(api.settings.state_dir / "events.jsonl").read(3, kind="registry_edited")
     assert [(e["action"], e["who"], e["revision"]) for e in events] == [
         ("delete", "alice", base + 3), ("edit", "alice", base + 2), ("add", "alice", base + 1)]
     with api.client() as c:
@@ -94,7 +94,7 @@ def test_history_diff_and_restore(api):
         assert restored.status_code == 200 and restored.json()["revision"] == base + 2
         assert c.get("/api/models/m7").json()["memory_gb"] is None
         assert c.get("/api/registry/history/999999").status_code == 404
-    registry = RegistryStore(api.base / "inventory" / "models.yml").read()
+    registry = RegistryStore(api.settings.registry_path).read()
     assert registry.revision == base + 2 and registry.get("m7").memory_gb is None
 
 

@@ -1,6 +1,8 @@
-"""The admin UI against a real management API process (``python -m app.api``) and the hub stand-in.
+"""The admin UI against the real management API app (tests/api/conftest.py) and the hub stand-in.
 
-No serving plane runs here (the API answers 503 ``serving_unavailable`` for serving calls, which
+The UI sends its requests through its own httpx pool, as it does over HTTP; the pool's transport hands
+them to the API app in process (test_main.py runs ``python -m frontend`` against an API served over
+HTTP). No serving plane runs here (the API answers 503 ``serving_unavailable`` for serving calls, which
 the UI must show plainly); tests/frontend/test_e2e.py drives a whole box in a real browser.
 """
 
@@ -10,11 +12,13 @@ import json
 import re
 from html import unescape
 
+import httpx
 import pytest
+from flask import Flask
 
-from app.devtools.hub_standin import LLAMA_70B_CONFIG, HubStandin, add_declared_model, fake_safetensors
+from app.devtools.hub_standin import LLAMA_70B_CONFIG, add_declared_model, fake_safetensors
 from frontend import create_app
-from tests.api.conftest import api_process
+from tests.api.conftest import Api, running_api
 
 SMALL_CONFIG = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 256,
                 "intermediate_size": 512, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -31,27 +35,43 @@ def small_repo() -> dict[str, bytes]:
             "tokenizer.json": b"{}", "tokenizer_config.json": b"{}"}
 
 
-@pytest.fixture(scope="session")
-def hub(tmp_path_factory):
-    standin = HubStandin(root=tmp_path_factory.mktemp("ui-hub"))
-    standin.add_repo("acme/small-chat", small_repo(), downloads=500, likes=7)
-    standin.add_repo("acme/small-embed", small_repo(), pipeline_tag="sentence-similarity", downloads=200)
-    add_declared_model(standin, "acme/llama-70b-shaped", LLAMA_70B_CONFIG, downloads=9000)
-    with standin.serve() as url:
-        standin.url = url
-        yield standin
+@pytest.fixture
+def hub(hub):
+    """The hub stand-in with two small real repos and a 70B-shaped one (declared sizes)."""
+    hub.add_repo("acme/small-chat", small_repo(), downloads=500, likes=7)
+    hub.add_repo("acme/small-embed", small_repo(), pipeline_tag="sentence-similarity", downloads=200)
+    add_declared_model(hub, "acme/llama-70b-shaped", LLAMA_70B_CONFIG, downloads=9000)
+    return hub
 
 
-@pytest.fixture(scope="session")
-def api(tmp_path_factory, hub):
-    with api_process(tmp_path_factory.mktemp("ui-api"), LLMBOX_HF_ENDPOINT=hub.url,
-                     LLMBOX_CPU_MEMORY_BUDGET_GB="8") as running_api:
-        yield running_api
+@pytest.fixture
+def api(tmp_path, hub):
+    with running_api(tmp_path, hub.url, cpu_memory_budget_gb=8) as running:
+        yield running
+
+
+class InProcess(httpx.BaseTransport):
+    """Hands each of the UI's requests to the API app through the API's TestClient (no socket)."""
+
+    def __init__(self, api: Api) -> None:
+        self.api = api
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        answer = self.api.http.request(request.method, str(request.url), headers=request.headers.multi_items(),
+                                       content=request.read(), follow_redirects=False)
+        return httpx.Response(answer.status_code, headers=answer.headers.multi_items(), content=answer.content,
+                              request=request)
+
+
+def ui_for(api: Api, **config) -> Flask:
+    """The admin UI of ``api``; ``config`` adds to or overrides its test config."""
+    return create_app({"API_URL": api.url, "API_TRANSPORT": InProcess(api), "SECRET_KEY": "ui-test-secret-" * 3,
+                       **config})
 
 
 @pytest.fixture
 def app(api):
-    return create_app({"API_URL": api.url, "SECRET_KEY": "ui-test-secret-" * 3, "TESTING": True})
+    return ui_for(api, TESTING=True)
 
 
 @pytest.fixture

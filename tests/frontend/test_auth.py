@@ -72,7 +72,7 @@ def test_a_read_only_token_can_look_but_changes_are_refused(client, api):
 
 
 def test_a_revoked_token_ends_the_session(client, api):
-    tokens = TokenFile(api.base / "var" / "admin-tokens")
+    tokens = TokenFile(api.settings.admin_tokens_path)
     login(client, tokens.add("temp"))
     assert client.get("/models").status_code == 200
     tokens.remove("temp")

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from app import services
 from app.api.tokens import TokenFile
 from app.devtools.hub_standin import HubStandin
-from app.devtools.sandbox import free_port, make_box, running, tiny_entry
-from tests.api.conftest import run_api
+from app.devtools.sandbox import env, free_port, make_box, running, tiny_entry
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -42,18 +40,6 @@ class Box:
     token: str
 
 
-def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer")
-
-
 @pytest.fixture(scope="module")
 def box(tmp_path_factory):
     hub = HubStandin(root=tmp_path_factory.mktemp("hub"))
@@ -62,29 +48,20 @@ def box(tmp_path_factory):
     base = Path("/tmp") / f"lbu{os.getpid()}"  # short: Ray's sockets live under it
     settings = make_box(base, tiny_entry("local-chat", Path("{tiny}")), api_port=free_port(), ui_port=free_port(),
                         load_wait_s=240, load_timeout_s=300, cpu_memory_budget_gb=8.0)
+    api_url, ui = services.local_url(settings, settings.api_port), services.local_url(settings, settings.ui_port)
     try:
         with hub.serve() as hub_url, running(settings):
-            env = {**os.environ, "LLMBOX_STATE_DIR": str(settings.state_dir),
-                   "LLMBOX_MODELS_DIR": str(settings.models_dir), "LLMBOX_REGISTRY_PATH": str(settings.registry_path),
-                   "LLMBOX_RAY_PORT": str(settings.ray_port), "LLMBOX_SERVE_PORT": str(settings.serve_port),
-                   "LLMBOX_API_PORT": str(settings.api_port), "LLMBOX_UI_PORT": str(settings.ui_port),
-                   "LLMBOX_HF_ENDPOINT": hub_url, "LLMBOX_DOWNLOAD_MIN_FREE_GB": "0"}
+            variables = env(settings, LLMBOX_HF_ENDPOINT=hub_url, LLMBOX_DOWNLOAD_MIN_FREE_GB="0")
             tokens = TokenFile(settings.admin_tokens_path)
             token, other = tokens.add("ops"), tokens.add("someone-else")
-            api_proc, api_url = run_api(env, base)
-            ui_log = base / "ui.log"
-            with open(ui_log, "ab") as log:
-                ui_proc = subprocess.Popen([sys.executable, "-m", "frontend"], cwd=ROOT, env=env, stdout=log,
-                                           stderr=subprocess.STDOUT)
-            ui = f"http://127.0.0.1:{settings.ui_port}"
             try:
-                wait_http(f"{ui}/healthz", ui_proc, ui_log)
+                services.start(settings, "api", "app.api", f"{api_url}/api/health", env=variables)
+                services.start(settings, "ui", "frontend", f"{ui}/healthz", env=variables)
                 with httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {other}"}, timeout=300) as api:
                     yield Box(ui, f"http://127.0.0.1:{settings.serve_port}", api, token)
             finally:
-                for proc in (ui_proc, api_proc):
-                    proc.terminate()
-                    proc.wait(30)
+                for name in ("ui", "api"):
+                    services.stop(settings, name)
     finally:
         shutil.rmtree(base, ignore_errors=True)
 

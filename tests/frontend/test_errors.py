@@ -4,7 +4,7 @@ import pytest
 
 from app.devtools.sandbox import free_port
 from frontend import create_app
-from tests.frontend.conftest import flashes, login, post
+from tests.frontend.conftest import flashes, login, post, ui_for
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_login_while_the_api_is_down(no_api):
 
 
 def test_an_internal_error_shows_a_message_not_a_trace(api):
-    app = create_app({"API_URL": api.url, "SECRET_KEY": "s" * 40})
+    app = ui_for(api, SECRET_KEY="s" * 40)
 
     @app.get("/boom")
     def boom():

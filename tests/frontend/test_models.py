@@ -80,7 +80,9 @@ def test_an_edit_on_a_stale_revision_shows_the_conflict_and_keeps_the_input(admi
 
 
 def test_a_toggle_on_a_stale_revision_is_refused_with_the_conflict_message(admin, someone_else):
-    stale = revision(someone_else) - 1
+    stale = revision(someone_else)
+    theirs = someone_else.patch("/api/models/m4", json={"idle_timeout_s": 44}, headers={"If-Match": f'"{stale}"'})
+    assert theirs.status_code == 200  # someone else saved after the page showed `stale`
     response = post(admin, "/models/m3/toggle", {"field": "always_on", "value": "on", "base_revision": stale},
                     follow_redirects=True)
     message = flashes(response)[0]

@@ -10,10 +10,10 @@ import time
 
 import pytest
 
+from app.devtools.sandbox import wait_for
 from app.hub import paths
 from app.hub.errors import BadRepoId, GatedRepo, NotEnoughDisk, RepoNotFound
-
-from .conftest import TOKEN, wait_for
+from tests.conftest import HUB_TOKEN
 
 WEIGHTS = "model.safetensors"
 
@@ -28,7 +28,7 @@ def publish(hub, repo_id, size, **kwargs):
 
 def finished(manager, download_id, timeout=30.0):
     return wait_for(lambda: (r := manager.get(download_id))["state"] not in ("queued", "running") and r,
-                    timeout=timeout, what=f"download {download_id} to finish")
+                    timeout, f"download {download_id} to finish", every_s=0.05)
 
 
 def assert_identical(hub, folder, repo_id):
@@ -57,7 +57,7 @@ def test_progress_rises_to_100_and_files_are_byte_identical(hub, managers, tmp_p
         seen.append(current)
         return current["state"] not in ("queued", "running")
 
-    wait_for(done, timeout=30, interval=0.1)
+    wait_for(done, 30, "the download to finish", every_s=0.1)
     percents = [r["percent"] for r in seen if r["state"] == "running"]
     assert any(0 < p < 100 for p in percents), percents
     assert percents == sorted(percents)
@@ -70,7 +70,7 @@ def test_progress_rises_to_100_and_files_are_byte_identical(hub, managers, tmp_p
     assert result["local_path"] == str(final)
     assert_identical(hub, final, "llmbox-test/tiny-chat")
     assert not paths.partial_dir(tmp_path / "models", "llmbox-test/tiny-chat").exists()
-    wait_for(lambda: len(events) == 2, timeout=5, what="the completed event")  # delivered after the state
+    wait_for(lambda: len(events) == 2, 5, "the completed event", every_s=0.05)  # delivered after the state
     assert [kind for kind, _ in events] == ["download_started", "download_completed"]
     assert events[-1][1]["bytes"] == result["bytes_total"]
 
@@ -137,7 +137,7 @@ def served_settles(hub, repo_id):
         last[0] = now
         return False
 
-    wait_for(stable, timeout=10, interval=0.5, what="the transfer to stop")
+    wait_for(stable, 10, "the transfer to stop", every_s=0.5)
     return last[0]
 
 
@@ -147,7 +147,7 @@ def test_shutdown_then_new_manager_resumes_where_it_stopped(hub, managers, tmp_p
     hub.throttle_bps = 1_000_000
     first = managers()
     did = first.start("acme/restart")["id"]
-    wait_for(lambda: first.get(did)["bytes_done"] > 600_000, what="some progress")
+    wait_for(lambda: first.get(did)["bytes_done"] > 600_000, 20, "some progress", every_s=0.05)
     first.shutdown()
     served_settles(hub, "acme/restart")
     weights_served = hub.bytes_served("acme/restart", WEIGHTS)
@@ -177,16 +177,16 @@ CRASHING_API = textwrap.dedent("""
 """)
 
 
-def test_transfer_stops_when_the_api_process_dies_and_resumes_at_restart(hub, hub_url, managers, tmp_path):
+def test_transfer_stops_when_the_api_process_dies_and_resumes_at_restart(hub, managers, tmp_path):
     size = 3_000_000
     publish(hub, "acme/crash", size)
     hub.throttle_bps = 1_000_000
     api_process = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_API, str(tmp_path / "models"), str(tmp_path / "state"), hub_url],
+        [sys.executable, "-c", CRASHING_API, str(tmp_path / "models"), str(tmp_path / "state"), hub.url],
         stdout=subprocess.PIPE)
     try:
         assert api_process.stdout.readline().strip() == b"started"
-        wait_for(lambda: hub.bytes_served("acme/crash") > 500_000, what="some progress")
+        wait_for(lambda: hub.bytes_served("acme/crash") > 500_000, 20, "some progress", every_s=0.05)
     finally:
         api_process.kill()  # no shutdown, no cleanup: a crash
         api_process.wait()
@@ -211,7 +211,7 @@ def test_cancel_stops_at_once_and_removes_partial_data(hub, managers, tmp_path):
     events = []
     manager = managers(on_event=lambda kind, data: events.append(kind))
     did = manager.start("acme/cancel")["id"]
-    wait_for(lambda: manager.get(did)["bytes_done"] > 200_000, what="some progress")
+    wait_for(lambda: manager.get(did)["bytes_done"] > 200_000, 20, "some progress", every_s=0.05)
     began = time.monotonic()
     result = manager.cancel(did)
     assert time.monotonic() - began < 2.0
@@ -247,7 +247,7 @@ def test_gated_repo_needs_a_token_that_never_leaks(hub, managers, tmp_path, capl
         managers(token="hf_wrong_token_123").start("acme/gated")
 
     events = []
-    manager = managers(token=TOKEN, on_event=lambda kind, data: events.append((kind, data)))
+    manager = managers(token=HUB_TOKEN, on_event=lambda kind, data: events.append((kind, data)))
     result = finished(manager, manager.start("acme/gated")["id"])
     assert result["state"] == "completed", result["error"]
     assert hub.authorized_requests > 0  # the token did reach the hub
@@ -256,7 +256,7 @@ def test_gated_repo_needs_a_token_that_never_leaks(hub, managers, tmp_path, capl
     out, err = capfd.readouterr()
     state_files = "".join(p.read_text() for p in (tmp_path / "state").rglob("*") if p.is_file())
     for text in (state_files, repr(manager.list()), repr(events), caplog.text, out, err):
-        assert TOKEN not in text and "hf_wrong_token_123" not in text
+        assert HUB_TOKEN not in text and "hf_wrong_token_123" not in text
 
 
 @pytest.mark.parametrize(("repo_id", "revision"), [

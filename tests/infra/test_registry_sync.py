@@ -151,3 +151,26 @@ def test_check_mode_decides_without_writing(tmp_path):
     result = sync.run({"path": str(path), "inventory_text": text(1)}, check_mode=True)
     assert (result["action"], result["changed"]) == (sync.CREATE, True)
     assert not path.exists()
+
+
+def test_an_api_edit_landing_while_the_play_runs_is_kept_and_the_run_fails(tmp_path, monkeypatch):
+    from app.registry.store import RegistryStore
+
+    path = tmp_path / "models.yml"
+    run(path, text(1))
+    store = RegistryStore(path)
+    decide = sync.decide
+
+    def decide_then_an_api_edit(*args, **kwargs):  # after the run read both sides, before it writes
+        decision = decide(*args, **kwargs)
+        store.edit(0, lambda body: body["defaults"].__setitem__("idle_timeout_s", 60))
+        return decision
+
+    monkeypatch.setattr(sync, "decide", decide_then_an_api_edit)
+    with pytest.raises(ValueError, match=r"changed while this play ran \(an API edit, revision 1\).*rerun the play"):
+        run(path, text(1, idle=30))  # only the inventory changed when the run read the files: a push
+    registry = store.read()
+    assert (registry.revision, registry.defaults.idle_timeout_s) == (1, 60)  # the API edit stands
+    monkeypatch.undo()
+    with pytest.raises(ValueError, match="changed on both sides"):  # the rerun sees both edits
+        run(path, text(1, idle=30))

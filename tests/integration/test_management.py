@@ -8,18 +8,17 @@ the measured footprint replacing the fit estimate, and reconcile leaving other m
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 
+from app import services
 from app.api.tokens import TokenFile
 from app.devtools.hub_standin import HubStandin
-from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry
+from app.devtools.sandbox import EMBED_ENTRY, env, free_port, make_box, running, tiny_entry, wait_for
 from app.events import EventLog
-from tests.api.conftest import run_api
 
 pytestmark = pytest.mark.slow
 TINY_ENGINE = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True}
@@ -33,28 +32,15 @@ def box(tmp_path_factory):
     base = Path("/tmp") / f"lbm{os.getpid()}"
     settings = make_box(base, EMBED_ENTRY + tiny_entry("local-chat", Path("{tiny}")), api_port=free_port(),
                         load_wait_s=240, load_timeout_s=300, cpu_memory_budget_gb=8.0)
+    api_url = services.local_url(settings, settings.api_port)
     with hub.serve() as hub_url, running(settings):
-        env = {**os.environ, "LLMBOX_STATE_DIR": str(settings.state_dir), "LLMBOX_MODELS_DIR": str(settings.models_dir),
-               "LLMBOX_REGISTRY_PATH": str(settings.registry_path), "LLMBOX_RAY_PORT": str(settings.ray_port),
-               "LLMBOX_SERVE_PORT": str(settings.serve_port), "LLMBOX_API_PORT": str(settings.api_port),
-               "LLMBOX_HF_ENDPOINT": hub_url, "LLMBOX_DOWNLOAD_MIN_FREE_GB": "0"}
         token = TokenFile(settings.admin_tokens_path).add("ops")
-        proc, api_url = run_api(env, base)
         try:
+            services.start(settings, "api", "app.api", f"{api_url}/api/health",
+                           env=env(settings, LLMBOX_HF_ENDPOINT=hub_url, LLMBOX_DOWNLOAD_MIN_FREE_GB="0"))
             yield settings, httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=300)
         finally:
-            proc.terminate()
-            proc.wait(30)
-
-
-def wait_for(get, predicate, timeout_s=300, every_s=0.5):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = get()
-        if predicate(value):
-            return value
-        time.sleep(every_s)
-    raise AssertionError(f"timed out; last value: {value}")
+            services.stop(settings, "api")
 
 
 def test_status_and_serve_health(box):
@@ -76,7 +62,8 @@ def test_load_now_and_unload_now(box):
     settings, api = box
     started = api.post("/api/models/local-chat/load")
     assert started.status_code == 200 and started.json()["state"] == "loading"
-    ready = wait_for(lambda: api.get("/api/models/local-chat").json(), lambda m: m["state"] != "loading")
+    ready = wait_for(lambda: (m := api.get("/api/models/local-chat").json())["state"] != "loading" and m, 300,
+                     "local-chat to finish loading")
     assert ready["state"] == "ready" and ready["memory_gb"] > 0.5 and ready["last_load_s"] > 0
     gone = api.post("/api/models/local-chat/unload").json()
     assert gone["state"] == "unloaded"
@@ -105,8 +92,8 @@ def test_serving_a_model_that_is_not_downloaded_downloads_it_then_serves_it(box)
     assert refused.status_code == 503 and refused.json()["error"]["code"] == "model_downloading"
     assert int(refused.headers["retry-after"]) >= 1
 
-    done = wait_for(lambda: api.get("/api/downloads/acme--tiny-chat--main").json(),
-                    lambda d: d["state"] in ("completed", "failed"), timeout_s=120)
+    done = wait_for(lambda: (d := api.get("/api/downloads/acme--tiny-chat--main").json())["state"]
+                    in ("completed", "failed") and d, 120, "the download of acme/tiny-chat to finish")
     assert done["state"] == "completed" and done["bytes_done"] == done["bytes_total"]
     assert httpx.get(f"{serve_url}/v1/models/hub-chat").json()["state"] == "unloaded"
 

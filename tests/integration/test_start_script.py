@@ -92,6 +92,17 @@ def test_start_twice_status_and_stop(box):
     after = start_sh("status")
     assert after.returncode == 3 and "not running" in after.stdout
 
+    # `./start.sh stop && ./start.sh` brings the box back as it was: the always-on model ready,
+    # the registry (with the edit made above) as it was left.
+    try:
+        again = start_sh()
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert re.search(r"all-minilm-l6-v2 +embed +always on +ready", again.stdout), again.stdout
+        assert re.search(r"tiny-chat +generate +not served", again.stdout), again.stdout
+        assert "created the first admin token" not in again.stdout  # the token file was kept
+    finally:
+        assert start_sh("stop").returncode == 0
+
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "192.0.2.10"])
 def test_start_refuses_to_bind_beyond_loopback_without_keys(box, monkeypatch, host):

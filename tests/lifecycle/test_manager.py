@@ -1,126 +1,60 @@
-"""The model manager's decisions, fast: Serve replaced by an in-memory stand-in (FakeServe).
+"""The model manager's decisions, fast: Serve, the clock and the routers stood in (tests/lifecycle/fakes.py).
 
-The real thing (Ray Serve + vLLM) is exercised by tests/integration/test_serving.py; here the
+The real thing (Ray Serve + vLLM) is exercised by tests/serving and tests/chaos; here the
 manager's own logic is under test: single flight, eviction order, busy models, refusals,
-failures with backoff, the idle reaper and reconcile.
+failures with backoff, the idle reaper, reconcile, downloads and the lease protocol.
 """
 
 import asyncio
 import json
-import time
 
-import pytest
-
-from app.lifecycle import manager as manager_mod
 from app.events import EventLog
 from app.hub import paths
-from app.lifecycle.manager import ManagerConfig, ModelManager
 from app.registry.edits import remove_model, update_model
-from app.registry.store import RegistryStore
 from app.serving.leases import Leases
-from app.serving.model_apps import AppStatus
-
-ENTRY = "    - id: {id}\n      source: /srv/models/{id}\n      serve: true\n      memory_gb: 2\n{extra}"
+from tests.lifecycle.fakes import FakeClock, FakeRouter, FakeServe, lease, make_manager, models, settle, states, use
 
 
-class FakeServe:
-    """Stands in for app.serving.model_apps: apps 'start' after load_s, or fail if listed."""
+def test_concurrent_requests_share_one_load(tmp_path):
+    serve = FakeServe(polls=3)
 
-    def __init__(self, load_s=0.2, failing=()):
-        self.load_s, self.failing = load_s, set(failing)
-        self.apps: dict[str, float] = {}
-        self.deploys: list[str] = []
-
-    def deploy(self, entry, host):
-        self.deploys.append(entry.id)
-        self.apps[entry.id] = time.monotonic()
-
-    def status(self, model_id):
-        if model_id in self.failing:
-            return AppStatus("DEPLOY_FAILED", "A replica failed to start.\nRuntimeError: weights not found")
-        if model_id not in self.apps:
-            return AppStatus("NOT_STARTED", "")
-        ready = time.monotonic() - self.apps[model_id] >= self.load_s
-        return AppStatus("RUNNING" if ready else "DEPLOYING", "")
-
-    def delete(self, model_id):
-        self.apps.pop(model_id, None)
-
-    def replica_pids(self, model_id):
-        return [4242] if model_id in self.apps else []
-
-
-@pytest.fixture
-def serve(monkeypatch):
-    fake = FakeServe()
-    for name in ("deploy", "status", "delete", "replica_pids"):
-        monkeypatch.setattr(manager_mod.model_apps, name, getattr(fake, name))
-    return fake
-
-
-def make_manager(tmp_path, entries, budget_gb=5.0, reaper_interval_s=0.1):
-    path = tmp_path / "models.yml"
-    RegistryStore(path).create("llmbox_registry:\n  revision: 0\n  models:\n" + entries)
-    manager = ModelManager(ManagerConfig(registry_path=str(path), device="cpu", cache_dir=str(tmp_path),
-                                         models_dir=str(tmp_path / "models"), state_dir=str(tmp_path / "var"),
-                                         cpu_memory_budget_gb=budget_gb, reaper_interval_s=reaper_interval_s))
-    manager.memory.process_gb = lambda pids: 2.0  # what each loaded model measures
-    return manager
-
-
-def models(*ids, extra=""):
-    return "".join(ENTRY.format(id=i, extra=extra) for i in ids)
-
-
-async def use(manager, model_id):
-    """One request: acquire, wait for the model, release; returns the final state."""
-    got = await manager.acquire(model_id)
-    view = got["model"]
-    if got["outcome"] == "loading":
-        view = await manager.wait(model_id, 30, time.time())
-    await manager.release(model_id)
-    return view["state"]
-
-
-def states(manager):
-    return {m: rt.state.value for m, rt in manager.models.items()}
-
-
-def test_concurrent_requests_share_one_load(tmp_path, serve):
     async def scenario():
-        manager = make_manager(tmp_path, models("a"))
+        manager = make_manager(tmp_path, models("a"), serve)
         await manager.reconcile()
-        return manager, await asyncio.gather(*(use(manager, "a") for _ in range(5)))
+        return await asyncio.gather(*(use(manager, "a") for _ in range(5)))
 
-    manager, results = asyncio.run(scenario())
-    assert results == ["ready"] * 5
+    assert asyncio.run(scenario()) == ["ready"] * 5
     assert serve.deploys == ["a"]
 
 
-def test_the_least_valuable_idle_model_is_evicted_first(tmp_path, serve):
+def test_the_least_valuable_idle_model_is_evicted_first(tmp_path):
+    serve, clock = FakeServe(), FakeClock()
+
     async def scenario():
-        manager = make_manager(tmp_path, models("a", "b", "c"))  # budget 5 GB fits two of 2 GB
+        manager = make_manager(tmp_path, models("a", "b", "c"), serve, clock)  # budget 5 GB fits two of 2 GB
         await manager.reconcile()
         await use(manager, "a")
         await use(manager, "b")
-        await asyncio.sleep(1.2)
+        clock.advance(60)
         await use(manager, "a")  # a is now the recently used one
         await use(manager, "c")
         return manager
 
     manager = asyncio.run(scenario())
     assert states(manager) == {"a": "ready", "b": "unloaded", "c": "ready"}
-    assert manager.metrics.unloads == {("b", "evicted"): 1}
+    assert manager.counters.unloads == {("b", "evicted"): 1}
 
 
-def test_a_model_with_a_request_in_flight_is_never_evicted(tmp_path, serve):
+def test_a_model_with_a_request_in_flight_is_never_evicted(tmp_path):
+    serve, clock = FakeServe(), FakeClock()
+
     async def scenario():
-        manager = make_manager(tmp_path, models("a", "b", "c"))
+        manager = make_manager(tmp_path, models("a", "b", "c"), serve, clock)
         await manager.reconcile()
         await use(manager, "a")
         await use(manager, "b")
         await manager.acquire("a")  # a request in flight on a, the least recently used...
-        await asyncio.sleep(1.2)
+        clock.advance(60)
         await use(manager, "b")
         return manager, await use(manager, "c")
 
@@ -129,86 +63,80 @@ def test_a_model_with_a_request_in_flight_is_never_evicted(tmp_path, serve):
     assert states(manager) == {"a": "ready", "b": "unloaded", "c": "ready"}  # ...so b went instead
 
 
-def test_when_nothing_can_be_evicted_the_load_is_refused_with_the_reason(tmp_path, serve):
-    async def scenario():
-        manager = make_manager(tmp_path, models("a", "b", "c"))
-        await manager.reconcile()
-        for model_id in ("a", "b"):
-            await use(manager, model_id)
-            await manager.acquire(model_id)  # both busy
-        return manager, await use(manager, "c")
-
-    manager, state_c = asyncio.run(scenario())
-    assert state_c == "unloaded" and "c" not in serve.deploys
-    assert "not enough memory for 'c': needs 2.0 GB, 1.0 GB free" in manager.models["c"].last_error
-    assert manager.metrics.loads[("c", "no_memory")] == 1
-
-
-def test_a_failed_load_reports_the_engine_error_and_backs_off(tmp_path, serve):
-    serve.failing.add("a")
+def test_a_failed_load_reports_the_engine_error_cleanly_and_backs_off(tmp_path):
+    serve, clock = FakeServe(failing={"a"}), FakeClock()
 
     async def scenario():
-        manager = make_manager(tmp_path, models("a"))
+        manager = make_manager(tmp_path, models("a"), serve, clock)
         await manager.reconcile()
         first = await use(manager, "a")
         again = await manager.acquire("a")
-        return manager, first, again
+        left = set(serve.apps)
+        clock.advance(6)  # past the first backoff (5 s)
+        retried = await manager.acquire("a")
+        return manager, first, again, left, retried
 
-    manager, first, again = asyncio.run(scenario())
+    manager, first, again, left, retried = asyncio.run(scenario())
     assert first == "failed"
-    assert manager.models["a"].last_error == "RuntimeError: weights not found"
-    assert again["outcome"] == "failed" and again["model"]["retry_in_s"] > 0
-    assert serve.deploys == ["a"]  # the retry waits for the backoff: no second load
-    assert "a" not in serve.apps  # what the failed load held was deleted
+    assert manager.models["a"].last_error == "RuntimeError: weights not found"  # no traceback, no ANSI codes
+    assert again["outcome"] == "failed" and again["model"]["retry_in_s"] == 5
+    assert retried["outcome"] == "pending"  # after the backoff a request tries again
+    assert left == set()  # what the failed load held was deleted, and no new load within the backoff
 
 
-def test_the_reaper_unloads_idle_models_but_never_pinned_ones(tmp_path, serve):
-    entries = models("idle", extra="      idle_timeout_s: 1\n")
-    entries += "    - id: pinned\n      source: /srv/p\n      serve: true\n      always_on: true\n      idle_timeout_s: 1\n      memory_gb: 1\n"
+def test_the_reaper_unloads_idle_models_but_never_pinned_ones(tmp_path):
+    serve, clock = FakeServe(), FakeClock()
+    entries = models("idle", extra="      idle_timeout_s: 5\n")
+    entries += "    - id: pinned\n      source: /srv/p\n      serve: true\n      always_on: true\n      idle_timeout_s: 5\n      memory_gb: 1\n"
 
     async def scenario():
-        manager = make_manager(tmp_path, entries)
-        await manager.start()  # loads the pinned model, starts the reaper
+        manager = make_manager(tmp_path, entries, serve, clock)
+        await manager.start()  # loads the pinned model
         await use(manager, "idle")
-        await manager.wait("pinned", 30, time.time())
-        deadline = time.monotonic() + 10
-        while manager.models["idle"].state.value != "unloaded" and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.5)
-        return manager
+        await manager.wait("pinned", 30, 0)
+        clock.advance(4)
+        await manager.reap_once()
+        before = states(manager)
+        clock.advance(2)
+        await manager.reap_once()
+        await settle(manager)  # the unload runs as its own task
+        return manager, before
 
-    manager = asyncio.run(scenario())
-    assert states(manager) == {"idle": "unloaded", "pinned": "ready"}, {m: r.last_error for m, r in manager.models.items()}
-    assert manager.metrics.unloads == {("idle", "idle"): 1}
+    manager, before = asyncio.run(scenario())
+    assert before == {"idle": "ready", "pinned": "ready"}  # not idle for long enough yet
+    assert states(manager) == {"idle": "unloaded", "pinned": "ready"}
+    assert manager.counters.unloads == {("idle", "idle"): 1}
 
 
-def test_a_model_loaded_again_is_not_reaped_for_a_use_before_its_last_unload(tmp_path, serve):
+def test_a_model_loaded_again_is_not_reaped_for_a_use_before_its_last_unload(tmp_path):
+    serve, clock = FakeServe(), FakeClock()
+
     async def scenario():
-        manager = make_manager(tmp_path, models("a", extra="      idle_timeout_s: 1\n"))
-        await manager.start()
+        manager = make_manager(tmp_path, models("a", extra="      idle_timeout_s: 5\n"), serve, clock)
+        await manager.reconcile()
         await use(manager, "a")
-        deadline = time.monotonic() + 10
-        while manager.models["a"].state.value != "unloaded" and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(1.5)  # its last use is now well past the idle timeout
+        await manager.unload("a")
+        clock.advance(60)  # its last use is now well past the idle timeout
         await manager.load("a")
-        view = await manager.wait("a", 30, time.time())
-        await asyncio.sleep(0.6)  # less than the idle timeout since it became ready
-        return view["state"], manager.models["a"].state.value
+        view = await manager.wait("a", 30, 0)
+        clock.advance(3)  # less than the idle timeout since it became ready
+        await manager.reap_once()
+        await settle(manager)
+        return view["model"]["state"], manager.models["a"].state.value
 
-    loaded, after = asyncio.run(scenario())
-    assert (loaded, after) == ("ready", "ready")
+    assert asyncio.run(scenario()) == ("ready", "ready")
 
 
-def test_reconcile_unloads_unserved_and_removed_models_and_leaves_the_rest(tmp_path, serve):
+def test_reconcile_unloads_unserved_and_removed_models_and_leaves_the_rest(tmp_path):
+    serve = FakeServe()
+
     async def scenario():
-        manager = make_manager(tmp_path, models("a", "b", "c"), budget_gb=10)
+        manager = make_manager(tmp_path, models("a", "b", "c"), serve, budget_gb=10)
         await manager.reconcile()
         for model_id in ("a", "b", "c"):
             await use(manager, model_id)
-        store = manager.store
-        store.edit(0, lambda body: update_model(body, "a", {"serve": False}))
-        store.edit(1, lambda body: remove_model(body, "b"))
+        manager.store.edit(0, lambda body: update_model(body, "a", {"serve": False}))
+        manager.store.edit(1, lambda body: remove_model(body, "b"))
         return manager, await manager.reconcile()
 
     manager, result = asyncio.run(scenario())
@@ -217,7 +145,8 @@ def test_reconcile_unloads_unserved_and_removed_models_and_leaves_the_rest(tmp_p
     assert serve.deploys == ["a", "b", "c"] and set(serve.apps) == {"c"}
 
 
-def test_a_repo_is_served_only_once_downloaded_and_a_pinned_one_loads_when_its_download_completes(tmp_path, serve):
+def test_a_repo_is_served_only_once_downloaded_and_a_pinned_one_loads_when_its_download_completes(tmp_path):
+    serve = FakeServe()
     entries = ("    - id: chat\n      source: org/chat\n      serve: true\n      memory_gb: 1\n"
                "    - id: base\n      source: org/base\n      serve: true\n      always_on: true\n      memory_gb: 1\n")
     record = paths.record_path(tmp_path / "var", "org/chat")
@@ -225,14 +154,13 @@ def test_a_repo_is_served_only_once_downloaded_and_a_pinned_one_loads_when_its_d
     record.write_text(json.dumps({"state": "running", "percent": 40.0, "bytes_done": 40, "bytes_total": 100}))
 
     async def scenario():
-        manager = make_manager(tmp_path, entries)
+        manager = make_manager(tmp_path, entries, serve)
         started = await manager.start()
         got = await manager.acquire("chat")
         listed = {m["id"]: m for m in (await manager.status())["models"]}
         paths.local_dir(tmp_path / "models", "org/base").mkdir(parents=True)  # base's download completes
-        deadline = time.monotonic() + 10
-        while manager.models["base"].state.value != "ready" and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
+        await manager.reap_once()
+        await manager.wait("base", 30, 0)
         return manager, started, got, listed
 
     manager, started, got, listed = asyncio.run(scenario())
@@ -245,26 +173,6 @@ def test_a_repo_is_served_only_once_downloaded_and_a_pinned_one_loads_when_its_d
 
 
 # --- the router's fast path (leases) ------------------------------------------------------
-def attach_router(manager):
-    """A router's leases (the real class), reached in-process instead of through a Serve handle."""
-    leases = Leases()
-
-    async def ask(method, *args):
-        return [getattr(leases, method)(*args)]
-
-    manager.routers.add(("router", "Router"))
-    manager._ask_routers = ask
-    return leases
-
-
-async def lease(manager, leases, model_id):
-    """What the router does with its first request to a ready model: acquire, take the lease, release."""
-    got = await manager.acquire(model_id)
-    assert got["outcome"] == "ready"
-    leases.grant(model_id, got["lease"])
-    await manager.release(model_id)
-
-
 def test_a_stale_grant_never_reopens_a_revoked_lease():
     leases = Leases()
     leases.grant("a", 1)
@@ -277,67 +185,65 @@ def test_a_stale_grant_never_reopens_a_revoked_lease():
     assert leases.begin("a")
 
 
-def test_eviction_never_takes_a_model_busy_on_the_fast_path(tmp_path, serve):
+def test_eviction_never_takes_a_model_busy_on_the_fast_path(tmp_path):
+    serve, clock, router = FakeServe(), FakeClock(), FakeRouter()
+
     async def scenario():
-        manager = make_manager(tmp_path, models("a", "b", "c"))
-        leases = attach_router(manager)
+        manager = make_manager(tmp_path, models("a", "b", "c"), serve, clock, router=router)
         await manager.reconcile()
         await use(manager, "a")
         await use(manager, "b")
-        await lease(manager, leases, "a")
-        assert leases.begin("a")  # a request on a that the manager never saw...
-        await asyncio.sleep(1.2)
+        await lease(manager, router, "a")
+        assert router.leases.begin("a")  # a request on a that the manager never saw...
+        clock.advance(60)
         await use(manager, "b")  # ...and b is the more recently used
         state_c = await use(manager, "c")
-        leases.end("a")
-        return manager, leases, state_c
+        router.leases.end("a")
+        return manager, state_c
 
-    manager, leases, state_c = asyncio.run(scenario())
+    manager, state_c = asyncio.run(scenario())
     assert state_c == "ready"
     assert states(manager) == {"a": "ready", "b": "unloaded", "c": "ready"}  # b went, not the busy a
-    assert manager.metrics.unloads == {("b", "evicted"): 1}
-    assert not leases.begin("b")  # b's lease was revoked before it was unloaded
+    assert manager.counters.unloads == {("b", "evicted"): 1}
+    assert not router.leases.begin("b")  # b's lease was revoked before it was unloaded
 
 
-def test_the_reaper_counts_fast_path_use_and_revokes_the_lease_when_it_unloads(tmp_path, serve):
+def test_the_reaper_counts_fast_path_use_and_revokes_the_lease_when_it_unloads(tmp_path):
+    serve, clock, router = FakeServe(), FakeClock(), FakeRouter()
+
     async def scenario():
-        manager = make_manager(tmp_path, models("a", extra="      idle_timeout_s: 1\n"))
-        leases = attach_router(manager)
-        await manager.start()
-        await use(manager, "a")
-        await lease(manager, leases, "a")
-        relets = 0
-        for _ in range(6):  # 1.8 s of use, past the 1 s idle timeout
-            if not leases.begin("a"):  # the reaper asked, saw it in use, and left it loaded
-                relets += 1
-                await lease(manager, leases, "a")  # the router's slow path takes a new lease
-                assert leases.begin("a")
-            await asyncio.sleep(0.3)
-            leases.end("a")
-        still = manager.models["a"].state.value
-        deadline = time.monotonic() + 10
-        while manager.models["a"].state.value != "unloaded" and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-        return manager, leases, still, relets
-
-    manager, leases, still, relets = asyncio.run(scenario())
-    assert still == "ready"  # in use on the fast path: not reaped
-    assert relets <= 2  # at most one slow-path request per idle timeout
-    assert states(manager) == {"a": "unloaded"}  # then idle: reaped
-    assert manager.metrics.unloads == {("a", "idle"): 1}
-    assert not leases.begin("a")  # and the fast path is closed
-
-
-def test_status_shows_requests_in_flight_on_the_fast_path(tmp_path, serve):
-    async def scenario():
-        manager = make_manager(tmp_path, models("a"))
-        leases = attach_router(manager)
+        manager = make_manager(tmp_path, models("a", extra="      idle_timeout_s: 5\n"), serve, clock, router=router)
         await manager.reconcile()
         await use(manager, "a")
-        await lease(manager, leases, "a")
-        leases.begin("a")
-        leases.begin("a")
+        await lease(manager, router, "a")
+        assert router.leases.begin("a")  # in use on the fast path only...
+        clock.advance(60)
+        await manager.reap_once()
+        await settle(manager)
+        still = manager.models["a"].state.value
+        router.leases.end("a")
+        clock.advance(60)
+        await manager.reap_once()
+        await settle(manager)
+        return manager, still
+
+    manager, still = asyncio.run(scenario())
+    assert still == "ready"  # ...so not reaped
+    assert states(manager) == {"a": "unloaded"}  # then idle: reaped
+    assert manager.counters.unloads == {("a", "idle"): 1}
+    assert not router.leases.begin("a")  # and the fast path is closed
+
+
+def test_status_shows_requests_in_flight_on_the_fast_path(tmp_path):
+    serve, router = FakeServe(), FakeRouter()
+
+    async def scenario():
+        manager = make_manager(tmp_path, models("a"), serve, router=router)
+        await manager.reconcile()
+        await use(manager, "a")
+        await lease(manager, router, "a")
+        router.leases.begin("a")
+        router.leases.begin("a")
         return await manager.status()
 
-    status = asyncio.run(scenario())
-    assert status["models"][0]["in_flight"] == 2
+    assert asyncio.run(scenario())["models"][0]["in_flight"] == 2

@@ -30,6 +30,10 @@ def registry_with(**model):
         ({"engine": {"extra_args": {"dtype": "half"}}}, "models[0].engine.extra_args", "set engine.dtype instead"),
         ({"engine": {"extra_args": {"model": "x/y"}}}, "models[0].engine.extra_args", "derived from the model entry"),
         ({"always_on": True}, "models[0]", "always_on needs serve: true"),
+        # What the hub's paths refuse, the schema refuses first (else the edit is saved, then serving fails).
+        ({"revision": "refs/pr/1"}, "models[0].revision", "revision 'refs/pr/1' is not allowed"),
+        ({"revision": "v1..2"}, "models[0].revision", "without '/' or '..'"),
+        ({"revision": ""}, "models[0].revision", "a branch, tag or commit"),
     ],
 )
 def test_invalid_entries_are_rejected_naming_the_field(model, field, words):
@@ -50,6 +54,11 @@ def test_duplicate_ids_are_rejected():
 )
 def test_the_three_kinds_of_source_are_accepted(source):
     assert validate(registry_with(source=source)).models[0].source == source
+
+
+@pytest.mark.parametrize("revision", ["main", "v1.0", "release_2-b", "0123456789abcdef0123456789abcdef01234567"])
+def test_branches_tags_and_commits_are_accepted_as_revisions(revision):
+    assert validate(registry_with(revision=revision)).models[0].revision == revision
 
 
 def test_model_inherits_the_default_idle_timeout_unless_it_sets_one():

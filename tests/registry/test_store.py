@@ -87,6 +87,22 @@ def test_history_keeps_every_revision_and_restore_makes_a_new_one(store):
         store.restore(3, 99)
 
 
+def test_replace_takes_the_texts_body_and_comments_at_the_base_revision(store):
+    text = HAND_WRITTEN.replace("revision: 0", "revision: 7").replace("600   # ten minutes", "60   # one minute")
+    replaced = store.replace(0, text)
+    assert (replaced.revision, replaced.defaults.idle_timeout_s) == (1, 60)  # the text's revision is not taken
+    written = store.path.read_text()
+    assert "# one minute" in written and "# ten minutes" not in written and "# pinned upstream" in written
+    assert store.history() == [0, 1]
+    with pytest.raises(RegistryConflict):
+        store.replace(0, HAND_WRITTEN)  # stale base: nothing written
+    with pytest.raises(RegistryInvalid, match="models"):
+        store.replace(1, HAND_WRITTEN.replace("task: embed", "task: chat"))
+    with pytest.raises(RegistryInvalid, match="top-level key"):
+        store.replace(1, "models: []")
+    assert store.path.read_text() == written and store.history() == [0, 1]
+
+
 def test_history_is_pruned_to_the_configured_size(tmp_path):
     store = RegistryStore(tmp_path / "models.yml", history_keep=3)
     store.create(HAND_WRITTEN)

@@ -20,12 +20,13 @@ import pytest
 import ray
 from ray import serve
 
-from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry
-from app.lifecycle import manager as manager_mod
+from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry, wait_for
+from app.lifecycle import actor
 from app.registry.edits import add_model, update_model
 from app.registry.schema import ModelEntry
 from app.registry.store import RegistryStore
 from app.serving import router
+from app.serving.keys import hash_key
 
 pytestmark = pytest.mark.slow
 
@@ -47,7 +48,7 @@ def box():
         # The same router with a short load wait and API keys on a port of its own, for the
         # tests that need those.
         serve.run_many([serve.RunTarget(
-            router.build(router.RouterConfig(port=STRICT_PORT, api_key_hashes=(router.hash_key(KEY),),
+            router.build(router.RouterConfig(port=STRICT_PORT, api_key_hashes=(hash_key(KEY),),
                                              load_wait_s=1)),
             name="router-strict", route_prefix=None)])
         yield settings
@@ -70,7 +71,7 @@ def client(url):
 
 @pytest.fixture(scope="module")
 def manager(box):
-    return manager_mod.handle()
+    return actor.handle()
 
 
 @pytest.fixture(scope="module")
@@ -88,15 +89,6 @@ def metric(url, name, **labels) -> float:
         if line.startswith(f"{name}{{{want}}} "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if value := predicate():
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def chat(client, model, **kwargs):
@@ -192,12 +184,12 @@ def test_eviction_never_takes_a_model_with_a_request_in_flight(url, client, mana
         now = states(url)
         assert (now["tiny-a"], now["tiny-b"], now["tiny-c"]) == ("ready", "ready", "unloaded")
     finally:
-        ray.get(manager.release.remote("tiny-a"))
+        ray.get(manager.release.remote("tiny-a", got["ticket"]))
 
 
 def router_usage() -> dict:
     """The router's own counts of the requests it serves on its fast path (leases)."""
-    return serve.get_deployment_handle("Router", app_name="router").usage.remote().result()
+    return serve.get_deployment_handle("Router", app_name="router").usage.remote().result()["models"]
 
 
 def test_eviction_never_takes_a_model_busy_on_the_routers_fast_path(url, client):

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from fastapi import APIRouter, Response
 from pydantic import ValidationError
 
 from app.api import changes
-from app.api.deps import (BaseRevision, DownloadsDep, EventsDep, ServingDep, StoreDep, Writer,
-                          etag)
+from app.api.deps import BaseRevision, DownloadsDep, EventsDep, ServingDep, StoreDep, WatchDep, Writer, etag
 from app.api.errors import ApiError
 from app.api.schemas import RegisterDownload, StartDownload, WriteResult
 from app.api.routes.hub import hub_error
@@ -68,7 +68,8 @@ def resume(download_id: str, who: Writer, downloads: DownloadsDep) -> dict:
 
 @router.post("/{download_id}/register", status_code=201, response_model=WriteResult)
 async def register(download_id: str, body: RegisterDownload, base: BaseRevision, who: Writer, store: StoreDep,
-                   serving: ServingDep, downloads: DownloadsDep, events: EventsDep, response: Response) -> dict:
+                   serving: ServingDep, downloads: DownloadsDep, watch: WatchDep, events: EventsDep,
+                   response: Response) -> dict:
     """Add a finished download to the registry in one call (served at once unless serve: false)."""
     record = _get(downloads, download_id)
     if record["state"] != "completed":
@@ -83,7 +84,7 @@ async def register(download_id: str, body: RegisterDownload, base: BaseRevision,
                            **({"engine": body.engine} if body.engine else {}))
     except ValidationError as exc:
         raise ApiError(400, "invalid_model", describe(exc)) from None
-    result = await changes.commit(store, serving, downloads, events, who, base,
-                                  lambda doc: add_model(doc, entry), "add from download", model_id)
+    write = partial(store.edit, base, lambda doc: add_model(doc, entry))
+    result = await changes.commit(serving, watch, events, who, write, "add from download", model_id)
     response.headers.update(etag(result["revision"]))
     return {**result, "model": entry.model_dump(mode="json")}

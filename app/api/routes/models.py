@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from fastapi import APIRouter, Response
 
 from app.api import changes
-from app.api.deps import BaseRevision, DownloadsDep, EventsDep, ServingDep, StoreDep, Writer, etag
+from app.api.deps import BaseRevision, EventsDep, ServingDep, StoreDep, WatchDep, Writer, etag
 from app.api.errors import ApiError
 from app.api.schemas import ModelCreate, ModelUpdate, WriteResult
 from app.registry.edits import ModelNotFound, add_model, remove_model, update_model
@@ -57,23 +58,24 @@ async def get_model(model_id: str, store: StoreDep, serving: ServingDep, respons
 
 @router.post("", status_code=201, response_model=WriteResult)
 async def add(body: ModelCreate, base: BaseRevision, who: Writer, store: StoreDep, serving: ServingDep,
-              downloads: DownloadsDep, events: EventsDep, response: Response) -> dict:
+              watch: WatchDep, events: EventsDep, response: Response) -> dict:
     """Add a model (If-Match: the revision it is based on)."""
-    result = await changes.commit(store, serving, downloads, events, who, base,
-                                  lambda doc: add_model(doc, body), "add", body.id)
+    write = partial(store.edit, base, lambda doc: add_model(doc, body))
+    result = await changes.commit(serving, watch, events, who, write, "add", body.id)
     response.headers.update(etag(result["revision"]))
     return {**result, "model": body.model_dump(mode="json")}
 
 
 @router.patch("/{model_id}", response_model=WriteResult)
 async def edit(model_id: str, body: ModelUpdate, base: BaseRevision, who: Writer, store: StoreDep,
-               serving: ServingDep, downloads: DownloadsDep, events: EventsDep, response: Response) -> dict:
+               serving: ServingDep, watch: WatchDep, events: EventsDep, response: Response) -> dict:
     """Change fields of a model, e.g. toggle serve / always_on or set idle_timeout_s."""
     fields = body.model_dump(exclude_unset=True)
     if not fields:
         raise ApiError(400, "empty_change", "send at least one field to change")
-    result = await changes.commit(store, serving, downloads, events, who, base,
-                                  lambda doc: update_model(doc, checked_id(model_id), fields), "edit", model_id)
+    model_id = checked_id(model_id)  # here, not in the edit: that runs under the registry's lock
+    write = partial(store.edit, base, lambda doc: update_model(doc, model_id, fields))
+    result = await changes.commit(serving, watch, events, who, write, "edit", model_id)
     response.headers.update(etag(result["revision"]))
     entry = store.read().get(model_id)
     return {**result, "model": entry.model_dump(mode="json") if entry else None}
@@ -81,9 +83,10 @@ async def edit(model_id: str, body: ModelUpdate, base: BaseRevision, who: Writer
 
 @router.delete("/{model_id}", response_model=WriteResult)
 async def delete(model_id: str, base: BaseRevision, who: Writer, store: StoreDep, serving: ServingDep,
-                 downloads: DownloadsDep, events: EventsDep, response: Response) -> dict:
+                 watch: WatchDep, events: EventsDep, response: Response) -> dict:
     """Remove a model from the registry (and unload it). Downloaded weights stay on disk."""
-    result = await changes.commit(store, serving, downloads, events, who, base,
-                                  lambda doc: remove_model(doc, checked_id(model_id)), "delete", model_id)
+    model_id = checked_id(model_id)
+    write = partial(store.edit, base, lambda doc: remove_model(doc, model_id))
+    result = await changes.commit(serving, watch, events, who, write, "delete", model_id)
     response.headers.update(etag(result["revision"]))
     return result

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import difflib
+from functools import partial
 
 from fastapi import APIRouter, Query, Response
 
 from app.api import changes
-from app.api.deps import BaseRevision, DownloadsDep, EventsDep, ServingDep, StoreDep, Writer, etag
+from app.api.deps import BaseRevision, EventsDep, ServingDep, StoreDep, WatchDep, Writer, etag
 from app.api.errors import ApiError
 from app.api.schemas import WriteResult
 
@@ -64,9 +65,9 @@ def _diff(old: int, old_text: str, new: int, new_text: str) -> dict:
 
 @router.post("/history/{revision}/restore", response_model=WriteResult)
 async def restore(revision: int, base: BaseRevision, who: Writer, store: StoreDep, serving: ServingDep,
-                  downloads: DownloadsDep, events: EventsDep, response: Response) -> dict:
+                  watch: WatchDep, events: EventsDep, response: Response) -> dict:
     """Make a past revision current again (as a new revision) and apply it."""
-    replace = store.restoring(revision)  # 404 at once when it is not kept
-    result = await changes.commit(store, serving, downloads, events, who, base, replace, f"restore {revision}")
+    write = partial(store.restore, base, revision)  # 404 when it is not kept, before anything is written
+    result = await changes.commit(serving, watch, events, who, write, f"restore {revision}")
     response.headers.update(etag(result["revision"]))
     return result

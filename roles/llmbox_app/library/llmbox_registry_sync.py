@@ -6,7 +6,8 @@ copy is edited by the operator. A baseline record next to the runtime file keeps
 of both sides at the last point they were in sync, so a run can tell which side changed since:
 
     neither changed          -> nothing to do
-    only the inventory       -> push it (a locked, validated write through the app's own store)
+    only the inventory       -> push it (a locked, validated write through the app's own store, at
+                                the runtime revision read: an edit landing meanwhile fails the run)
     only the runtime         -> keep the runtime (runtime edits are never overwritten)
     both                     -> the higher revision wins when the inventory's is higher (the
                                 operator merged and bumped it); otherwise stop with a clear message
@@ -161,22 +162,24 @@ def write_baseline(path: str, inventory_text: str, runtime_text: str, revision: 
     os.replace(tmp, target)
 
 
-def apply(action: str, path: str, inventory_text: str, history_keep: int) -> int:
-    """Write the inventory copy through the app's store (create or push); returns the new revision."""
-    from app.registry.store import ROOT_KEY, RegistryStore
-    from ruamel.yaml import YAML
+def apply(path: str, inventory_text: str, history_keep: int, base_revision: int | None) -> tuple[int, str]:
+    """Write the inventory copy through the app's store: create the file (no base revision), or
+    replace its content at ``base_revision``, the runtime revision the decision was made on.
+
+    Returns the new revision and the text written at it (what the baseline must record, even if
+    another edit follows at once). An edit that landed after the decision fails the run.
+    """
+    from app.registry.store import RegistryConflict, RegistryStore
 
     store = RegistryStore(path, history_keep)
-    if action == CREATE:
-        return store.create(inventory_text).revision
-    new = YAML().load(inventory_text)[ROOT_KEY]
-
-    def replace(body) -> None:  # keep the operator's comments with the content
-        body.clear()
-        body.update(new)
-        body.ca.items.update(new.ca.items)
-
-    return store.edit(store.read().revision, replace).revision
+    if base_revision is None:
+        return store.create(inventory_text).revision, open(path).read()
+    try:
+        registry = store.replace(base_revision, inventory_text)
+    except RegistryConflict as exc:
+        raise ValueError(f"the registry changed while this play ran (an API edit, revision {exc.current_revision}): "
+                         "nothing was written; rerun the play") from None
+    return registry.revision, store.revision_text(registry.revision)
 
 
 def run(params: dict, check_mode: bool) -> dict[str, Any]:
@@ -199,8 +202,8 @@ def run(params: dict, check_mode: bool) -> dict[str, Any]:
     if check_mode or inventory_text is None:
         return result
     if decision.action in (CREATE, PUSH):
-        result["revision"] = apply(decision.action, path, inventory_text, params.get("history_keep", 500))
-        runtime_text = open(path).read()
+        base = runtime.revision if decision.action == PUSH else None  # the revision decided on, not a fresh read
+        result["revision"], runtime_text = apply(path, inventory_text, params.get("history_keep", 500), base)
     if decision.action in (CREATE, PUSH, NOOP):
         record = read_baseline(path)
         wanted = {"inventory_sha256": sha256(inventory_text), "runtime_sha256": sha256(runtime_text)}
@@ -223,9 +226,9 @@ def main() -> None:
         result = run(module.params, module.check_mode)
     except ImportError as exc:
         module.fail_json(msg=f"llmbox_registry_sync needs the llmbox venv's Python (ansible_python_interpreter): {exc}")
-    except ValueError as exc:  # a conflict, or an invalid registry (RegistryInvalid is a ValueError)
+    except ValueError as exc:  # a conflict (also one that arose while the play ran), or an invalid registry
         module.fail_json(msg=str(exc))
-    except Exception as exc:  # e.g. an API edit landed between our read and our write: rerun
+    except Exception as exc:  # e.g. the store could not write (disk full, permissions)
         module.fail_json(msg=f"{type(exc).__name__}: {exc}")
     for warning in result.pop("warnings"):
         module.warn(warning)
