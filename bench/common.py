@@ -11,9 +11,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
-
-from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry, wait_for
+from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry
 from app.services import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,19 +28,6 @@ def box(base: Path, entries: str, **overrides):
     """A running box (Ray head, manager, router); yields its settings."""
     with running(make_box(base, entries, **overrides)) as settings:
         yield settings
-
-
-def ensure_ready(url: str, model: str, timeout_s: float = 600) -> None:
-    """Load a model through the llama.cpp-style endpoint and wait until /v1/models says ready."""
-    httpx.post(f"{url}/models/load", json={"model": model}, timeout=60).raise_for_status()
-
-    def ready() -> bool:
-        states = {m["id"]: m["state"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
-        if states[model] == "failed":
-            raise RuntimeError(f"{model} failed to load")
-        return states[model] == "ready"
-
-    wait_for(ready, timeout_s, f"{model} to load")
 
 
 def tiny_box_entries(*model_ids: str) -> str:

@@ -19,9 +19,9 @@ import httpx
 import psutil
 import ray
 
-from app.devtools.sandbox import EMBED_ENTRY, tiny_entry, wait_for
+from app.devtools.sandbox import EMBED_ENTRY, ensure_ready, tiny_entry, wait_for
 from app.lifecycle import actor
-from bench.common import box, ensure_ready, median, table
+from bench.common import box, median, table
 
 GIB = 1024**3
 

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import httpx
 
-from bench.common import box, ensure_ready, median, percentile, table, tiny_box_entries, vllm_serve
+from app.devtools.sandbox import ensure_ready
+from bench.common import box, median, percentile, table, tiny_box_entries, vllm_serve
 
 PAUSE_S = 2.0  # between turns, so one side's after-work does not land on the other's turn
 

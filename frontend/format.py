@@ -7,7 +7,7 @@ from datetime import datetime
 
 from flask import Flask
 
-STATE_CLASSES = {"ready": "ok", "loading": "busy", "downloading": "busy", "running": "busy", "queued": "busy",
+STATE_CLASSES = {"ready": "ok", "loading": "busy", "restarting": "warn", "unloading": "busy", "downloading": "busy", "running": "busy", "queued": "busy",
                  "failed": "bad", "not_downloaded": "warn", "unknown": "muted", "unloaded": "muted",
                  "completed": "ok", "cancelled": "muted", "fits": "ok", "tight": "warn", "does not fit": "bad",
                  "RUNNING": "ok", "HEALTHY": "ok", "DEPLOYING": "busy", "UNHEALTHY": "bad", "DEPLOY_FAILED": "bad"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.devtools.hub_standin import HubStandin
-from app.devtools.sandbox import free_port, wait_for
+from app.devtools.sandbox import env, free_port, wait_for
 from app.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,18 +23,13 @@ def box(monkeypatch):
     # A short base path: Ray's Unix sockets live under the state dir.
     base = Path(os.environ.get("LLMBOX_TEST_TMP", "/tmp")) / f"lbx{os.getpid()}-{free_port()}"
     base.mkdir(parents=True)
-    variables = {
-        "LLMBOX_STATE_DIR": str(base / "var"),
-        "LLMBOX_MODELS_DIR": str(base / "models"),
-        "LLMBOX_REGISTRY_PATH": str(base / "inventory" / "models.yml"),
-        "LLMBOX_RAY_PORT": str(free_port()),
-        "LLMBOX_RAY_DASHBOARD_PORT": str(free_port()),
-        "LLMBOX_SERVE_PORT": str(free_port()),
-        "LLMBOX_API_PORT": str(free_port()),
-    }
-    for name, value in variables.items():
-        monkeypatch.setenv(name, value)
-    return Settings()
+    settings = Settings(state_dir=base / "var", models_dir=base / "models",
+                        registry_path=base / "inventory" / "models.yml", ray_port=free_port(),
+                        ray_dashboard_port=free_port(), serve_port=free_port(), api_port=free_port())
+    for name, value in env(settings).items():
+        if name.startswith("LLMBOX_"):
+            monkeypatch.setenv(name, value)
+    return settings
 
 
 @pytest.fixture(scope="session")

@@ -56,6 +56,21 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, every_s: f
         time.sleep(every_s)
 
 
+def ensure_ready(url: str, model: str, timeout_s: float = 600) -> None:
+    """Load a model through the llama.cpp-style endpoint of a running box and wait until ready."""
+    import httpx
+
+    httpx.post(f"{url}/models/load", json={"model": model}, timeout=60).raise_for_status()
+
+    def ready() -> bool:
+        states = {m["id"]: m["state"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
+        if states[model] == "failed":
+            raise RuntimeError(f"{model} failed to load")
+        return states[model] == "ready"
+
+    wait_for(ready, timeout_s, f"{model} to load")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -53,11 +53,6 @@ def chat(url: str, model: str, timeout: float = 300, **extra) -> httpx.Response:
     return httpx.post(f"{url}/v1/chat/completions", json=body, timeout=timeout)
 
 
-def ensure_ready(url: str, model: str) -> None:
-    httpx.post(f"{url}/models/load", json={"model": model}, timeout=60).raise_for_status()
-    wait_for(lambda: states(url)[model] == "ready", 300, f"{model} to be ready")
-
-
 def metric(url: str, name: str, **labels) -> float:
     want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
     for line in httpx.get(f"{url}/metrics", timeout=30).text.splitlines():

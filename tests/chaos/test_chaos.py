@@ -19,10 +19,11 @@ import httpx
 import pytest
 import ray
 
+from app.devtools.sandbox import ensure_ready
 from app.registry.edits import add_model, remove_model, update_model
 from app.registry.schema import ModelEntry
 from app.registry.store import RegistryStore
-from tests.chaos.conftest import (INTERNALS, chat, clean, engine_info, engine_pid, ensure_ready, events, manager, manager_pid,
+from tests.chaos.conftest import (INTERNALS, chat, clean, engine_info, engine_pid, events, manager, manager_pid,
                                   metric, now, router_pid, generated_tokens, states, status, until)
 
 pytestmark = pytest.mark.chaos

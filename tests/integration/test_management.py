@@ -22,6 +22,7 @@ from app.events import EventLog
 
 pytestmark = pytest.mark.slow
 TINY_ENGINE = {"dtype": "float32", "max_model_len": 512, "enforce_eager": True}
+API_ENV: dict[str, str] = {}  # the environment the module's API (and UI) processes run with
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +32,17 @@ def box(tmp_path_factory):
     hub.throttle_bps = 400_000  # ~6 s for the tiny model's 2.3 MB: the downloading state is observable
     base = Path("/tmp") / f"lbm{os.getpid()}"
     settings = make_box(base, EMBED_ENTRY + tiny_entry("local-chat", Path("{tiny}")), api_port=free_port(),
-                        load_wait_s=240, load_timeout_s=300, cpu_memory_budget_gb=8.0)
+                        ui_port=free_port(), load_wait_s=240, load_timeout_s=300, cpu_memory_budget_gb=8.0)
     api_url = services.local_url(settings, settings.api_port)
     with hub.serve() as hub_url, running(settings):
         token = TokenFile(settings.admin_tokens_path).add("ops")
         try:
-            services.start(settings, "api", "app.api", f"{api_url}/api/health",
-                           env=env(settings, LLMBOX_HF_ENDPOINT=hub_url, LLMBOX_DOWNLOAD_MIN_FREE_GB="0"))
+            API_ENV.update(env(settings, LLMBOX_HF_ENDPOINT=hub_url, LLMBOX_DOWNLOAD_MIN_FREE_GB="0"))
+            services.start(settings, "api", "app.api", f"{api_url}/api/health", env=API_ENV)
             yield settings, httpx.Client(base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=300)
         finally:
             services.stop(settings, "api")
+            services.stop(settings, "ui")
 
 
 def test_status_and_serve_health(box):
@@ -56,6 +58,25 @@ def test_status_and_serve_health(box):
     gpu = api.get("/api/gpu").json()  # this host has no GPU: the CPU budget, with what holds it
     assert gpu["gpu"] is False and gpu["cpu_budget"]["total_gb"] == 8.0
     assert [m["id"] for m in gpu["cpu_budget"]["models"]] == ["embed"]
+
+
+def test_restarting_the_api_and_the_ui_never_touches_serving(box):
+    settings, api = box
+    serve_url = f"http://127.0.0.1:{settings.serve_port}"
+    before = api.get("/api/models/embed").json()
+    assert before["state"] == "ready" and before["pids"]
+    ui_url = services.local_url(settings, settings.ui_port)
+    for _ in range(2):  # start, then restart, the UI; restart the API each time
+        services.stop(settings, "ui")
+        services.start(settings, "ui", "frontend", f"{ui_url}/healthz", env=API_ENV)
+        services.stop(settings, "api")
+        assert httpx.get(f"{serve_url}/v1/models/embed", timeout=30).json()["state"] == "ready"  # API down: serving on
+        services.start(settings, "api", "app.api", f"{services.local_url(settings, settings.api_port)}/api/health",
+                       env=API_ENV)
+    after = api.get("/api/models/embed").json()
+    assert after["state"] == "ready" and after["pids"] == before["pids"]  # the same replica and engine
+    assert not [e for e in EventLog(settings.state_dir / "events.jsonl").read(kind="model_unloaded")
+                if e["model"] == "embed"]
 
 
 def test_load_now_and_unload_now(box):

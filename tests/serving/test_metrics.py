@@ -6,6 +6,7 @@ from app.serving.metrics import render
 
 SNAPSHOT = {
     "models": [
+        {"id": "c", "state": "restarting", "in_flight": 1, "memory_gb": 2.0, "memory_measured": True},
         {"id": "a", "state": "ready", "in_flight": 2, "memory_gb": 2.0, "memory_measured": True},
         {"id": "b", "state": "unloaded", "in_flight": 0, "memory_gb": None, "memory_measured": False},
     ],
@@ -13,6 +14,8 @@ SNAPSHOT = {
     "unloads": [["a", "idle", 2], ["a", "evicted", 1]],
     "load_seconds": {"a": [90.0, 3]},
     "queue_wait_seconds": {"a": [12.5, 5]},
+    "crashes": {"a": 2},
+    "loop_errors": {"reaper": 1},
 }
 
 
@@ -32,3 +35,6 @@ def test_state_in_flight_memory_loads_unloads_and_durations():
     assert got[("llmbox_model_unloads_total", (("model", "a"), ("reason", "evicted")))] == 1
     assert got[("llmbox_model_load_seconds_sum", (("model", "a"),))] == 90.0
     assert got[("llmbox_queue_wait_seconds_count", (("model", "a"),))] == 5
+    assert got[("llmbox_model_state", (("model", "c"), ("state", "restarting")))] == 1
+    assert got[("llmbox_engine_crashes_total", (("model", "a"),))] == 2
+    assert got[("llmbox_background_errors_total", (("loop", "reaper"),))] == 1

@@ -9,6 +9,7 @@ import threading
 import pytest
 from starlette.testclient import TestClient
 
+from app.devtools.sandbox import wait_for
 from app.serving import router as router_mod
 from app.serving.keys import hash_key
 from tests.lifecycle.fakes import Dead, FakeServe, make_manager, models, use
@@ -123,8 +124,7 @@ def test_a_streaming_request_during_an_unload_waits_for_the_reload(box):
     replicas["a"] = Replica(Gen(stream_items()))
     serve.delete_gate = threading.Event()
     unloading = client.portal.start_task_soon(manager.unload, "a")
-    while manager.models["a"].state.value != "unloading":
-        pass
+    wait_for(lambda: manager.models["a"].state.value == "unloading", 5, "a to be unloading", every_s=0.01)
     threading.Timer(0.3, serve.delete_gate.set).start()
     with client.stream("POST", "/v1/chat/completions", json={**CHAT_BODY, "stream": True}) as response:
         lines = [line for line in response.iter_lines() if line]
