@@ -328,14 +328,23 @@ class Router:
         if not streaming:
             done()
             return JSONResponse(head.model_dump(exclude_none=True) if hasattr(head, "model_dump") else head)
-        return EngineStream(self._chunks(model_id, first, gen), done)
+        return EngineStream(self._chunks(model_id, gen, first), done)
 
-    async def _chunks(self, model_id: str, first, gen):
-        """The model's stream; the generation is cancelled if the stream ends early (a client left)."""
+    async def _chunks(self, model_id: str, gen, first=None):
+        """The model's stream (after ``first``, if already taken); an error item or a failure ends
+        it with an error event and ``[DONE]``; the generation is cancelled if the stream ends
+        early (a client left)."""
         finished = False
         try:
-            yield self._text(model_id, first)
+            if first is not None:
+                yield self._text(model_id, first)
             async for item in gen:
+                head = _head(item)
+                if _is_error(head):
+                    yield answers.from_engine_event(model_id, head)
+                    yield DONE
+                    finished = True
+                    return
                 yield self._text(model_id, item)
             finished = True
         except Exception as exc:  # noqa: BLE001 - the engine died mid-stream: say so, then end
@@ -364,26 +373,12 @@ class Router:
                 return
             state = (got["model"].get("loading") or {}).get("state", "loading")
             yield answers.heartbeat(model_id, time.time() - queued_at, state)
-        gen = getattr(self._handle(model_id), method).remote(parsed)
-        finished = False
+        chunks = self._chunks(model_id, getattr(self._handle(model_id), method).remote(parsed))
         try:
-            async for item in gen:
-                head = _head(item)
-                if _is_error(head):
-                    yield answers.from_engine_event(model_id, head)
-                    yield DONE
-                    finished = True
-                    return
-                yield self._text(model_id, item)
-            finished = True
-        except Exception as exc:  # noqa: BLE001 - the engine died mid-stream
-            self.leases.drop(model_id)
-            finished = True
-            yield answers.engine_error_event(model_id, exc)
-            yield DONE
+            async for chunk in chunks:
+                yield chunk
         finally:
-            if not finished:
-                gen.cancel()
+            await chunks.aclose()  # now, not when collected: it cancels the generation if we end early
 
 
 def build(config: RouterConfig):

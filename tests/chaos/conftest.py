@@ -20,7 +20,7 @@ import ray
 from ray import serve
 
 from app import ray_head
-from app.devtools.sandbox import make_box, running, tiny_entry, wait_for
+from app.devtools.sandbox import make_box, running, tiny_entry
 from app.engines import serve_apps
 from app.engines.llm_config import DEPLOYMENT_NAME, app_name
 from app.events import EventLog
@@ -110,10 +110,6 @@ def status() -> dict:
 def clean(response: httpx.Response) -> bool:
     """The error in a response says nothing internal."""
     return not INTERNALS.search(response.text)
-
-
-def until(predicate, timeout_s: float, what: str, every_s: float = 0.1):
-    return wait_for(predicate, timeout_s, what, every_s)
 
 
 def now() -> float:

@@ -19,12 +19,12 @@ import httpx
 import pytest
 import ray
 
-from app.devtools.sandbox import ensure_ready
+from app.devtools.sandbox import ensure_ready, wait_for
 from app.registry.edits import add_model, remove_model, update_model
 from app.registry.schema import ModelEntry
 from app.registry.store import RegistryStore
 from tests.chaos.conftest import (INTERNALS, chat, clean, engine_info, engine_pid, events, manager, manager_pid,
-                                  metric, now, router_pid, generated_tokens, states, status, until)
+                                  metric, now, router_pid, generated_tokens, states, status)
 
 pytestmark = pytest.mark.chaos
 STREAM = {"max_tokens": 480, "ignore_eos": True, "stream": True}
@@ -51,7 +51,7 @@ def test_an_idle_engine_killed_is_noticed_at_once_and_reloaded_by_the_manager(bo
     before = engine_info("tiny-a")
     os.kill(before["processes"][0]["pid"], signal.SIGKILL)
     killed = now()
-    until(lambda: states(url)["tiny-a"] == "restarting", 5, "tiny-a to be restarting")
+    wait_for(lambda: states(url)["tiny-a"] == "restarting", 5, "tiny-a to be restarting", every_s=0.1)
     noticed = now() - killed
     lines, _ = stream_lines(url, "tiny-a", max_tokens=4, ignore_eos=False)  # the loading contract, then tokens
     assert noticed < 2.0
@@ -80,21 +80,22 @@ def test_an_engine_killed_mid_stream_ends_every_stream_with_an_error_event_and_d
         assert lines[-1] == "data: [DONE]"
         errors = [line for line in lines if line.startswith('data: {"error"')]
         assert len(errors) == 1 and "model 'tiny-a'" in errors[0] and not INTERNALS.search(errors[0]), errors
-    until(lambda: metric(url, "llmbox_engine_crashes_total", model="tiny-a") == 2, 5, "the crash to be counted")
-    until(lambda: states(url)["tiny-a"] == "ready", 300, "tiny-a to be reloaded")
+    wait_for(lambda: metric(url, "llmbox_engine_crashes_total", model="tiny-a") == 2, 5, "the crash to be counted",
+             every_s=0.1)
+    wait_for(lambda: states(url)["tiny-a"] == "ready", 300, "tiny-a to be reloaded")
 
 
 def test_a_killed_router_replica_is_replaced_and_its_counted_requests_are_dropped(box, url):
     assert states(url)["tiny-b"] == "unloaded"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(stream_lines, url, "tiny-b")  # counted in through this router, waiting for tiny-b
-        until(lambda: next(m for m in status()["models"] if m["id"] == "tiny-b")["in_flight"] == 1, 30,
+        wait_for(lambda: next(m for m in status()["models"] if m["id"] == "tiny-b")["in_flight"] == 1, 30,
               "the request to be counted in")
         os.kill(router_pid(), signal.SIGKILL)
         lines, _ = waiting.result(timeout=120)
     assert lines[-1].startswith("<connection:") or lines[-1] == "data: [DONE]"  # cut off cleanly
-    until(lambda: _health(url), 120, "a new router replica on the port")
-    until(lambda: next(m for m in status()["models"] if m["id"] == "tiny-b")["in_flight"] == 0, 15,
+    wait_for(lambda: _health(url), 120, "a new router replica on the port")
+    wait_for(lambda: next(m for m in status()["models"] if m["id"] == "tiny-b")["in_flight"] == 0, 15,
           "the dead router's request to be dropped")
     assert chat(url, "tiny-a").status_code == 200
 
@@ -107,12 +108,12 @@ def _health(url: str) -> bool:
 
 
 def test_a_killed_manager_comes_back_and_keeps_the_healthy_models(box, url):
-    until(lambda: states(url)["tiny-b"] == "ready", 300, "tiny-b to load")
+    wait_for(lambda: states(url)["tiny-b"] == "ready", 300, "tiny-b to load")
     assert chat(url, "tiny-a").status_code == 200  # the router holds a lease on tiny-a now
     pids = {m: engine_info(m)["pid"] for m in ("tiny-a", "tiny-b")}
     os.kill(manager_pid(box), signal.SIGKILL)
     fast = chat(url, "tiny-a", timeout=30)  # the fast path does not need the manager
-    until(lambda: _status_or_none() is not None, 60, "the manager to answer again")
+    wait_for(lambda: _status_or_none() is not None, 60, "the manager to answer again")
     assert fast.status_code == 200
     assert states(url) == {"tiny-a": "ready", "tiny-b": "ready", "tiny-c": "unloaded"}
     assert {m: engine_info(m)["pid"] for m in pids} == pids  # adopted, not reloaded
@@ -197,14 +198,14 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(box, url):
     time.sleep(1)
     assert generated_tokens("tiny-c") == stopped_at  # ...so the count no longer moves
     assert stopped_at - before < 4 * 480 / 2  # far short of what was asked for
-    until(lambda: next(m for m in status()["models"] if m["id"] == "tiny-c")["in_flight"] == 0, 5, "in flight 0")
+    wait_for(lambda: next(m for m in status()["models"] if m["id"] == "tiny-c")["in_flight"] == 0, 5, "in flight 0")
 
 
 def test_a_streaming_request_during_an_unload_waits_for_the_reload(box, url):
     ensure_ready(url, "tiny-c")
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         unload = pool.submit(httpx.post, f"{url}/models/unload", json={"model": "tiny-c"}, timeout=120)
-        until(lambda: states(url)["tiny-c"] == "unloading", 30, "tiny-c to be unloading", every_s=0.02)
+        wait_for(lambda: states(url)["tiny-c"] == "unloading", 30, "tiny-c to be unloading", every_s=0.02)
         lines, _ = stream_lines(url, "tiny-c", max_tokens=4, ignore_eos=False)
         assert unload.result().status_code == 200
     assert not [line for line in lines if '"error"' in line], lines  # before: "could not be loaded: unknown reason"

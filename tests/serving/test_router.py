@@ -155,13 +155,15 @@ def test_when_the_manager_is_down_requests_get_503_and_retry_after(box):
     assert "actor" not in response.json()["error"]["message"].lower()
 
 
-def test_a_client_that_disconnects_mid_stream_cancels_its_generation(box):
+@pytest.mark.parametrize("cold", [False, True], ids=["ready", "after-heartbeats"])
+def test_a_client_that_disconnects_mid_stream_cancels_its_generation(box, cold):
     _, manager, _, _, replicas, router = box
     gen = Gen(stream_items(50), delay_s=0.02)
     replicas["a"] = Replica(gen)  # the first call gets this very Gen
 
     async def scenario():
-        await use(manager, "a")
+        if not cold:
+            await use(manager, "a")
         first_chunk, sent = asyncio.Event(), []
 
         async def receive():
@@ -173,7 +175,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_generation(box):
             return {"type": "http.disconnect"}
 
         async def send(message):
-            if message["type"] == "http.response.body" and message.get("body"):
+            if message["type"] == "http.response.body" and b"data: {" in message.get("body", b""):
                 first_chunk.set()
 
         scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
