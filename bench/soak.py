@@ -114,6 +114,7 @@ def one_round(settings, url: str, streams: int, seconds: float, hang_s: float) -
     results = asyncio.run(run_and_watch())
     cpu_used = box_cpu_s(settings) - cpu_before
     finished = time.time()
+    in_flight_at_end = sum(m["in_flight"] for m in status()["models"])
     in_flight = wait_for(lambda: (s := status()) and all(m["in_flight"] == 0 for m in s["models"]) and s, 30,
                          "in flight to be 0")
     last_used = {m["id"]: m["last_used"] or finished for m in in_flight["models"]}
@@ -136,7 +137,7 @@ def one_round(settings, url: str, streams: int, seconds: float, hang_s: float) -
         "evictions": sum(e["kind"] == "model_unloaded" and e.get("reason") == "evicted" for e in events),
         "p50_s": percentile([r["seconds"] for r in ok], 50) if ok else 0.0,
         "p99_s": percentile([r["seconds"] for r in ok], 99) if ok else 0.0,
-        "max_late_s": max(late.values()), "engines_alive": len(alive), "engines_seen": len(seen_engines),
+        "in_flight_end": in_flight_at_end, "max_late_s": max(late.values()), "engines_alive": len(alive), "engines_seen": len(seen_engines),
         "cpu_ms_per_request": 1000 * cpu_used / max(len(results), 1),
         "sample_error": errors[0][:160] if errors else "",
     }
@@ -158,7 +159,7 @@ def main() -> None:
     print(f"\nSoak: {len(MODELS)} tiny models, budget for 2, {args.streams} concurrent streams for {args.seconds:.0f} s, "
           f"idle_timeout_s {IDLE_TIMEOUT_S}; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
     keys = ["requests", "ok", "hangs", "5xx", "error_events", "internals", "loads", "evictions", "p50_s", "p99_s",
-            "max_late_s", "engines_alive", "cpu_ms_per_request"]
+            "in_flight_end", "max_late_s", "engines_alive", "cpu_ms_per_request"]
     rows = [[i + 1, *(f"{r[k]:.2f}" if isinstance(r[k], float) else r[k] for k in keys)] for i, r in enumerate(rounds)]
     if len(rounds) > 1:
         rows.append(["median", *(f"{median([r[k] for r in rounds]):.2f}" for k in keys)])
