@@ -1,4 +1,4 @@
-"""Faults the manager meets, each handled (each of these failed on the manager before the split):
+"""Faults the manager meets, each handled (the manager before the split mishandled each one):
 a background loop that raises, overlapping reconciles, a router that dies with requests counted
 in, a request during an unload, two loads admitted against the same free memory, a settings
 edit during a load, a bad registry entry, and a router that does not answer a revocation."""

@@ -107,21 +107,26 @@ def test_a_crash_reload_goes_through_admission(tmp_path):
     assert "not enough memory for 'a'" in manager.models["a"].last_error
 
 
-def test_three_crashes_in_ten_minutes_mean_failed_with_the_backoff(tmp_path):
+def crash_repeatedly(tmp_path, times: int, apart_s: float):
+    """Kill the replica of a ready model ``times`` times, ``apart_s`` apart; returns what followed."""
     serve, dead, clock = FakeServe(), Dead(), FakeClock()
 
     async def scenario():
         manager = make_manager(tmp_path, models("a"), serve, clock, dead=dead)
         await manager.reconcile()
         await use(manager, "a")
-        for _ in range(3):
-            clock.advance(120)
+        for _ in range(times):
+            clock.advance(apart_s)
             dead.pids.add(manager.models["a"].pids[0])
             await manager.watch_once()
             await settle(manager)
         return manager, await manager.acquire("a")
 
-    manager, got = asyncio.run(scenario())
+    return serve, *asyncio.run(scenario())
+
+
+def test_three_crashes_in_ten_minutes_mean_failed_with_the_backoff(tmp_path):
+    serve, manager, got = crash_repeatedly(tmp_path, times=3, apart_s=120)
     assert manager.models["a"].state.value == "failed"
     assert got["outcome"] == "failed" and got["model"]["retry_in_s"] > 0
     assert got["model"]["last_error"].startswith("crashed 3 times within 10 minutes; last: its replica crashed")
@@ -129,18 +134,5 @@ def test_three_crashes_in_ten_minutes_mean_failed_with_the_backoff(tmp_path):
 
 
 def test_crashes_further_apart_than_the_window_keep_reloading(tmp_path):
-    serve, dead, clock = FakeServe(), Dead(), FakeClock()
-
-    async def scenario():
-        manager = make_manager(tmp_path, models("a"), serve, clock, dead=dead)
-        await manager.reconcile()
-        await use(manager, "a")
-        for _ in range(4):
-            clock.advance(400)
-            dead.pids.add(manager.models["a"].pids[0])
-            await manager.watch_once()
-            await settle(manager)
-        return manager
-
-    manager = asyncio.run(scenario())
-    assert manager.models["a"].state.value == "ready" and manager.counters.crashes == {"a": 4}
+    _, manager, got = crash_repeatedly(tmp_path, times=4, apart_s=400)
+    assert got["outcome"] == "ready" and manager.counters.crashes == {"a": 4}
