@@ -8,8 +8,10 @@ the manager decides through the injected ``apps`` (app/engines/serve_apps.py); t
 injected too, so the decisions are tested without Serve and without waiting.
 
 Concepts live next door: states and outcomes (states.py), what is known per model (runtime.py),
-admission (admission.py), the idle rule (reaper.py), the crash rule (watchdog.py), the routers
-(routers.py), measurements, counters and the loops that survive their errors (loops.py).
+the load pipeline (loading.py), unloads and drains (unloading.py), the crash rule and what
+follows a crash (watchdog.py), admission (admission.py), the idle rule (reaper.py), the routers
+(routers.py), weights (weights.py), measurements, counters and the loops that survive their
+errors (loops.py).
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from app.registry.schema import ModelEntry, Registry
 from app.registry.store import RegistryStore
 
 log = logging.getLogger("llmbox.manager")
-
 
 
 def _serve_apps():
@@ -75,18 +76,30 @@ class ModelManager(Loading, Unloading, Watching):
         self._next_ticket = 1
         self._reconciling = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
-        self._started = False
+        self._starting: asyncio.Future | None = None  # recovery, then the loops: once per actor
 
     # --- start-up, recovery and the registry --------------------------------------------
     async def start(self) -> dict[str, Any]:
         """Adopt what runs (after a restart of this actor), start the loops, apply the registry."""
-        if not self._started:
-            self._started = True
-            await self._recover()
-            for name, interval, tick in (("reaper", self.config.reaper_interval_s, self.reap_once),
-                                         ("watchdog", self.config.watch_interval_s, self.watch_once)):
-                self._spawn(loops.every(interval, tick, name, self._loop_failed), name)
+        await self._ready()
         return await self.reconcile()
+
+    async def _ready(self) -> None:
+        """Recovery has run (every call that reads or changes residency waits for it: a model
+        that is still running must not look unknown, or be loaded again, while it is adopted)."""
+        if self._starting is None:
+            self._starting = asyncio.ensure_future(self._start_once())
+        await asyncio.shield(self._starting)
+
+    async def _start_once(self) -> None:
+        try:
+            await self._recover()
+        except Exception:  # noqa: BLE001 - serve what can be served; reconcile decides the rest
+            log.exception("recovery after a restart of the manager failed")
+            self._loop_failed("recovery")
+        for name, interval, tick in (("reaper", self.config.reaper_interval_s, self.reap_once),
+                                     ("watchdog", self.config.watch_interval_s, self.watch_once)):
+            self._spawn(loops.every(interval, tick, name, self._loop_failed), name)
 
     async def _recover(self) -> None:
         """Take over model applications that run (healthy models keep running); delete the rest."""
@@ -119,6 +132,7 @@ class ModelManager(Loading, Unloading, Watching):
         One at a time, re-reading the registry inside the lock, so the last reconcile applies the
         newest registry; an entry that fails does not stop the others.
         """
+        await self._ready()
         async with self._reconciling:
             registry = await asyncio.to_thread(self.store.read)
             self.registry_revision = registry.revision
@@ -201,6 +215,7 @@ class ModelManager(Loading, Unloading, Watching):
         Returns ``{"outcome": Outcome, "model": ModelView}``; with READY also ``lease``, and with
         READY or PENDING a ``ticket``: the request is counted in, call ``release(model, ticket)``.
         """
+        await self._ready()
         rt = self.models.get(model_id)
         if rt is None:
             return {"outcome": Outcome.UNKNOWN}
@@ -275,6 +290,7 @@ class ModelManager(Loading, Unloading, Watching):
     # --- what the API, the box and tests call --------------------------------------------------
     async def status(self) -> dict[str, Any]:
         """A snapshot of every model, the memory picture and the registry revision."""
+        await self._ready()
         await self.routers.read_usage(self.models)
         for rt in self.models.values():
             if rt.missing:
@@ -289,6 +305,7 @@ class ModelManager(Loading, Unloading, Watching):
         }
 
     async def metrics_snapshot(self) -> dict[str, Any]:
+        await self._ready()
         await self.routers.read_usage(self.models)
         return {"models": self._views(), **self.counters.public()}
 
@@ -298,6 +315,7 @@ class ModelManager(Loading, Unloading, Watching):
 
     async def load(self, model_id: str) -> dict[str, Any]:
         """Load now (llama.cpp's /models/load); returns at once with the model's view."""
+        await self._ready()
         rt = self.models.get(model_id)
         if rt is None or not rt.entry.serve:
             return {"outcome": Outcome.UNKNOWN if rt is None else Outcome.NOT_SERVED}
@@ -310,6 +328,7 @@ class ModelManager(Loading, Unloading, Watching):
 
     async def unload(self, model_id: str) -> dict[str, Any]:
         """Unload now (llama.cpp's /models/unload), even if pinned; waits until it is gone."""
+        await self._ready()
         rt = self.models.get(model_id)
         if rt is None:
             return {"outcome": Outcome.UNKNOWN}

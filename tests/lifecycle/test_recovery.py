@@ -69,3 +69,29 @@ def test_applications_of_models_no_longer_in_the_registry_are_deleted(tmp_path):
     assert "ghost" not in serve.apps and "ghost" not in manager.models
     assert app_name("ghost") not in serve.snapshot()
     assert isinstance(serve.status("a"), AppInfo)
+
+
+def test_a_request_during_recovery_waits_for_it_instead_of_finding_no_model(tmp_path):
+    serve = FakeServe()
+
+    async def scenario():
+        first = make_manager(tmp_path, models("a"), serve)
+        await first.start()
+        await use(first, "a")
+        second = make_manager(tmp_path, "", serve)
+        slow = serve.engine_info
+
+        def slow_engine_info(model_id):  # the replica takes a moment to report
+            __import__("time").sleep(0.3)
+            return slow(model_id)
+
+        serve.engine_info = slow_engine_info
+        starting = asyncio.ensure_future(second.start())  # what Ray's restart does
+        await asyncio.sleep(0.05)
+        got = await second.acquire("a", "rid-1")  # a router's request arrives meanwhile
+        await starting
+        return got
+
+    got = asyncio.run(scenario())
+    assert got["outcome"] == "ready"
+    assert serve.deploys == ["a"]  # adopted, not loaded again
