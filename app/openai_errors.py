@@ -21,6 +21,8 @@ _FRAME = re.compile(r'^\s*(File ".*", line \d+|Traceback \(most recent call last
                     r'For further information visit )')  # the last is pydantic's footer
 _PYDANTIC_TAIL = re.compile(r"\s*\[type=\w+, input_value=.*$")
 MAX_MESSAGE = 500
+# The error code for a request that matched no route or method (both servers say it the same way).
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 def clean(message: object) -> str:

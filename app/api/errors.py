@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from app.openai_errors import HTTP_CODES, body
 from app.registry.edits import ModelExists, ModelNotFound
 from app.registry.store import RegistryConflict, RegistryError, RegistryInvalid
 
@@ -31,9 +32,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: dict | None = None, **details: Any) -> JSONResponse:
-    body = {"error": {"message": message, "type": TYPES.get(status, "api_error"), "code": code, "param": None,
-                      **details}}
-    return JSONResponse(body, status_code=status, headers=headers)
+    return JSONResponse(body(message, TYPES.get(status, "api_error"), code, **details), status_code=status,
+                        headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -64,7 +64,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(RegistryConflict)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from app.openai_errors import body as error_body
+
 
 class BodyLimit:
     """Pure ASGI middleware: checks Content-Length, and reads a body without one (chunked) only up
@@ -38,9 +40,8 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _refuse(self, send) -> None:
-        body = json.dumps({"error": {"message": f"request body over {self.max_bytes} bytes",
-                                     "type": "invalid_request_error", "code": "body_too_large",
-                                     "param": None}}).encode()
+        body = json.dumps(error_body(f"request body over {self.max_bytes} bytes", "invalid_request_error",
+                                     "body_too_large")).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})

@@ -19,7 +19,6 @@ from app.lifecycle.states import State
 from app.openai_errors import clean
 
 log = logging.getLogger("llmbox.manager")
-EXIT_REPORT_TRIES = 5  # polls (poll_interval_s apart) for a crashed engine's exit code
 
 
 class Loading:
@@ -110,23 +109,11 @@ class Loading:
             log.warning("the replica of %s did not report its engine: %s", model_id, exc)
             return None
 
-    async def _engine_exit(self, model_id: str) -> dict[str, Any] | None:
-        """The replica's report on its dead engine: the exit code shows once the replica has
-        reaped it (measured: ~0.4 s after a kill -9, while the watchdog notices within ~0.2 s)."""
-        info = None
-        for _ in range(EXIT_REPORT_TRIES):
-            info = await self._engine_info(model_id)
-            if info is None or info.get("exited"):
-                break
-            await asyncio.sleep(self.config.poll_interval_s)
-        return info
-
     def _watch(self, rt: Runtime, info: dict[str, Any] | None) -> None:
         """Record the processes the watchdog checks from now on."""
         if not info:
-            rt.pids, rt.processes, rt.log_path = [], [], None
+            rt.processes, rt.log_path = [], None
             return
-        rt.pids = [info["pid"]]
         rt.processes = [Process(info["pid"], info["create_time"], "replica", "replica")]
         rt.processes += [Process(p["pid"], p["create_time"], p["name"], "engine") for p in info.get("processes", [])]
         rt.log_path = info.get("log")

@@ -88,7 +88,6 @@ class Runtime:
     last_error: str | None = None
     last_load_s: float | None = None
     memory_gb: float | None = None  # measured after the last load
-    pids: list[int] = field(default_factory=list)  # its replica processes (engines are their children)
     processes: list[Process] = field(default_factory=list)  # replica + engine processes the watchdog checks
     log_path: str | None = None  # the replica's log (its last error line goes into a crash event)
     failures: int = 0
@@ -103,6 +102,11 @@ class Runtime:
     pin_pending: bool = False  # always-on, waiting for its download: load when it completes
     loader: asyncio.Task | None = None  # the load in progress (single flight)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)  # one load/unload at a time
+
+    @property
+    def pids(self) -> list[int]:
+        """Its replica processes (engines are their children)."""
+        return [p.pid for p in self.processes if p.role == "replica"]
 
     def loading(self) -> bool:
         return self.loader is not None and not self.loader.done()

@@ -36,11 +36,14 @@ class Unloading:
                 return True
             if rt.state != State.READY:
                 return False
-            for attempt in range(1 if reason not in ABANDONING else REVOKE_TRIES):
-                if await self._revoke(rt):  # from here on every new request comes through acquire
+            # From here on every new request comes through acquire. A silent router may still hold
+            # the lease, so the model counts as busy: the reaper or eviction tries again later.
+            revoked = False
+            for _ in range(REVOKE_TRIES if reason in ABANDONING else 1):
+                if revoked := await self._revoke(rt):
                     break
-                if reason not in ABANDONING:
-                    return False  # a silent router counts as busy: the reaper or eviction tries again later
+            if not revoked and reason not in ABANDONING:
+                return False
             first_waiting = self._next_ticket  # requests counted in from here on wait for the next load
             if drain_until is not None:
                 if not await self._drain(rt, first_waiting, drain_until):
@@ -55,7 +58,7 @@ class Unloading:
             finally:
                 self._set(rt, State.UNLOADED)  # memory_gb stays: it sizes the next admission
                 rt.tickets = {t: r for t, r in rt.tickets.items() if t >= first_waiting}
-                rt.pids, rt.processes = [], []
+                rt.processes = []
             self.counters.count(self.counters.unloads, (rt.entry.id, reason))
             log.info("unloaded %s (%s)", rt.entry.id, reason)
             self._event("model_unloaded", rt, reason=reason)
@@ -84,8 +87,8 @@ class Unloading:
                     self._start_load(rt)
         if reaper.candidates(self.models.values(), self.clock()):
             await self.routers.read_usage(self.models)  # once per tick, and only when something looks idle
-            for rt in reaper.candidates(self.models.values(), self.clock()):
-                if reaper.idle(rt, self.clock()):
+            for rt in list(self.models.values()):
+                if reaper.idle(rt, self.clock()):  # by the routers' fresh counts too
                     self._spawn(self._unload(rt, "idle"), "unload")  # which revokes the routers' lease first
 
     async def _revoke(self, rt: Runtime) -> bool:

@@ -34,6 +34,7 @@ from app.engines.llm_config import DEPLOYMENT_NAME, app_name
 from app.lifecycle import actor
 from app.lifecycle.routers import ROUTER_DEPLOYMENT
 from app.lifecycle.states import Outcome
+from app.openai_errors import HTTP_CODES
 from app.serving import answers, metrics
 from app.serving.answers import DONE, error
 from app.serving.keys import RequireKey
@@ -90,7 +91,7 @@ async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
 
 @api.exception_handler(HTTPException)
 async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-    code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    code = HTTP_CODES.get(exc.status_code, "http_error")
     return error(exc.status_code, str(exc.detail), "invalid_request_error", code)
 
 

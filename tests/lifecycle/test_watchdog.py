@@ -16,7 +16,6 @@ KILLED = [{"pid": 5001, "name": "EngineCore", "exit_code": -9, "signal": "SIGKIL
 
 def ready(pid=10):
     rt = Runtime(entry=ModelEntry(id="m", source="/m", serve=True), idle_timeout_s=0, since=0.0)
-    rt.pids = [pid]
     rt.processes = [Process(pid, 1.0, "replica", "replica"), Process(pid + 1, 1.0, "VLLM::EngineCore", "engine")]
     return rt
 
