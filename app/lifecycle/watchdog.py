@@ -86,7 +86,7 @@ class Watching:
 
     async def _engine_exit(self, model_id: str) -> dict[str, Any] | None:
         """The replica's report on its dead engine: the exit code shows once the replica has
-        reaped it (measured: ~0.4 s after a kill -9, while the watchdog notices within ~0.2 s)."""
+        reaped it (measured: ~0.4 s after a kill -9; the watchdog may notice sooner, at its next tick)."""
         info = None
         for _ in range(EXIT_REPORT_TRIES):
             info = await self._engine_info(model_id)
