@@ -11,6 +11,8 @@ mode on Linux too, which makes it keep 127.0.0.1 as the node address (with the d
 from __future__ import annotations
 
 import hashlib
+import json
+import math
 import os
 import secrets
 import signal
@@ -21,6 +23,9 @@ from pathlib import Path
 
 import psutil
 
+from app.engines.llm_config import gpu_resource
+from app.gpu import nvml
+from app.gpu.footprint import GIB
 from app.settings import Settings
 
 NAMESPACE = "llmbox"  # the Ray namespace of the box's own actors (the model manager)
@@ -97,6 +102,17 @@ def is_running(settings: Settings) -> bool:
     return any(p.name() == "gcs_server" for p in _ours(settings))
 
 
+def gpu_resources(settings: Settings) -> dict[str, float]:
+    """This node's GPUs as the Ray resources models book: ``llmbox_gpu_<index>`` = its memory in GB.
+
+    The model manager decides which GPU a model goes on (app/lifecycle/admission.py) and the
+    model's bundle asks exactly its budget of that GPU's resource (app/engines/llm_config.py), so
+    Ray's books match the manager's; Ray's own GPU count is declared too, as NVML numbers them."""
+    if nvml.detect_device(settings.device) != "gpu":
+        return {}
+    return {gpu_resource(index): math.floor(total / GIB * 100) / 100 for index, _, total, _ in nvml.devices()}
+
+
 def command(settings: Settings, block: bool = False) -> list[str]:
     """The `ray start --head` command line of this box (``block``: stay in the foreground, for systemd)."""
     ray = Path(sys.executable).with_name("ray")
@@ -111,6 +127,9 @@ def command(settings: Settings, block: bool = False) -> list[str]:
     ]
     if settings.ray_num_cpus:
         cmd.append(f"--num-cpus={settings.ray_num_cpus}")
+    gpus = gpu_resources(settings)
+    if gpus:
+        cmd += [f"--num-gpus={len(gpus)}", f"--resources={json.dumps(gpus, sort_keys=True)}"]
     if block:
         cmd.append("--block")
     return cmd

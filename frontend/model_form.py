@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-ENGINE_FIELDS = ("dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "enforce_eager",
-                 "extra_args")
+ENGINE_FIELDS = ("dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "kv_cache_memory_bytes",
+                 "concurrent_sequences", "enforce_eager", "extra_args")
 
 
 def _number(form, name: str, kind, errors: list[str]):
@@ -25,6 +25,8 @@ def entry_from_form(form) -> tuple[dict, list[str]]:
               "max_model_len": _number(form, "engine_max_model_len", int, errors),
               "tensor_parallel_size": _number(form, "engine_tensor_parallel_size", int, errors) or 1,
               "gpu_memory_utilization": _number(form, "engine_gpu_memory_utilization", float, errors),
+              "kv_cache_memory_bytes": _number(form, "engine_kv_cache_memory_bytes", int, errors),
+              "concurrent_sequences": _number(form, "engine_concurrent_sequences", int, errors),
               "enforce_eager": bool(form.get("engine_enforce_eager")), "extra_args": {}}
     entry = {"id": (form.get("id") or "").strip(), "source": (form.get("source") or "").strip(),
              "revision": (form.get("revision_ref") or "").strip() or None, "task": form.get("task") or "generate",

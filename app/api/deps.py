@@ -45,10 +45,10 @@ def get_registry_watch(request: Request) -> RegistryWatch:
 
 
 def get_nvml():
-    """The NVML module (``nvidia-ml-py``); tests override this with a fake behind the same interface."""
-    import pynvml
+    """The NVML module (app.gpu.nvml.module); tests override this with a fake behind the same interface."""
+    from app.gpu import nvml
 
-    return pynvml
+    return nvml.module()
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -21,15 +21,19 @@ class SkipNodeInit(CallbackBase):
 
 
 class InProcessVLLMEngine(VLLMEngine):
-    """Run a single-device model inside vLLM's EngineCore process, as `vllm serve` does.
+    """Run the engine's workers as `vllm serve` does on one host, on the GPUs the manager chose.
 
-    ray.serve.llm forces the multiprocessing executor, which spawns one more process per model
-    (~9 s of start-up and ~0.5 GB here) even when there is only one device to drive.
+    One device: inside vLLM's EngineCore process ("uni"); ray.serve.llm would spawn one more
+    process (~9 s of start-up and ~0.5 GB here on CPU). Several (tensor_parallel_size N, one
+    host): vLLM's multiprocessing workers, local ranks 0..N-1 of the CUDA_VISIBLE_DEVICES the
+    replica was started with (app/engines/llm_config.py). ray.serve.llm's own choice on GPUs is
+    Ray's executor, whose workers take whole GPUs from the placement group, where Ray (not the
+    manager) picks which, and which would book whole GPUs that other models share.
     """
 
     def _prepare_engine_config(self, callback_ctx):
         args, frontend_args, config = super()._prepare_engine_config(callback_ctx)
-        if config.parallel_config.world_size == 1:
-            config.parallel_config.distributed_executor_backend = "uni"
-            args.distributed_executor_backend = "uni"
+        backend = "uni" if config.parallel_config.world_size == 1 else "mp"
+        config.parallel_config.distributed_executor_backend = backend
+        args.distributed_executor_backend = backend
         return args, frontend_args, config

@@ -1,12 +1,28 @@
 """Build the ray.serve.llm configuration of one model from its registry entry.
 
-A pure function of (entry, host facts): the same entry gives a byte-identical config, so
-redeploying an unchanged model never restarts it (Serve compares deployment versions).
+A pure function of (entry, host facts, placement): the same entry gives a byte-identical config,
+so redeploying an unchanged model never restarts it (Serve compares deployment versions). The
+placement (which GPUs, how much memory) is the model manager's decision for one load; a model's
+*settings* are the config without it (``config_key``), so moving a model to another GPU is not a
+change of its settings.
+
+On GPU hosts the placement shapes three things:
+- Ray resources: each GPU is a custom node resource ``llmbox_gpu_<index>`` measured in GB
+  (app/ray_head.py declares them from NVML), and the model's one bundle asks its budget of each
+  of its GPUs. Ray's books then match the manager's ledger, so Ray never holds back a placement
+  the manager admitted, and Ray's whole-GPU accounting never blocks a second model on a GPU.
+- ``CUDA_VISIBLE_DEVICES``: set in the replica's environment to exactly its GPUs before anything
+  starts, so the in-process engine (TP 1) or the multiprocessing workers (TP N, local ranks
+  0..N-1) run on the GPUs the manager chose, not on cuda:0.
+- The engine's memory: ``gpu_memory_utilization`` = budget / the GPU's total (vLLM starts only
+  when that much is free, which admission checked) and ``kv_cache_memory_bytes`` = the KV part of
+  the budget, so vLLM takes its budget and no more (not its default 90% of the GPU).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +32,34 @@ from app.registry.schema import ModelEntry
 
 DEPLOYMENT_NAME = "model"  # the same in every model app; the app name carries the model id
 MODEL_APP_PREFIX = "model-"
+GPU_RESOURCE_PREFIX = "llmbox_gpu_"  # + NVML index: a Ray node resource in GB of that GPU's memory
+# A token share of Ray's own GPU resource in the bundle: ray.serve.llm runs its engine-config task
+# with a sliver of a GPU inside the placement group, so the bundle must hold some; the real
+# accounting is the llmbox_gpu_<index> resource.
+RAY_GPU_SHARE = 0.01
+CPU_SHARE = 0.05  # of Ray's CPU resource per model: see llm_config_dict
+
+
+@dataclass(frozen=True)
+class Placement:
+    """The model manager's decision for one load: its devices and what each gives it."""
+
+    gpus: tuple[int, ...]  # device indices (NVML's numbering); (0,) on a CPU host
+    per_device_gb: float  # booked on each of them
+    utilisation: float | None = None  # gpu_memory_utilization told to vLLM (GPU hosts)
+    kv_cache_bytes: int | None = None  # kv_cache_memory_bytes per GPU told to vLLM (None: vLLM sizes it)
+
+    @classmethod
+    def on_gpus(cls, gpus: list[int], per_device_gb: float, smallest_total_gb: float,
+                kv_cache_bytes: int | None) -> Placement:
+        """A GPU placement: the utilisation vLLM is told is the budget over the GPU's total,
+        rounded up to vLLM's precision (4 decimals) so the engine never gets less than booked."""
+        utilisation = min(1.0, math.ceil(per_device_gb / smallest_total_gb * 10_000) / 10_000)
+        return cls(tuple(gpus), per_device_gb, utilisation, kv_cache_bytes)
+
+
+def gpu_resource(index: int) -> str:
+    return f"{GPU_RESOURCE_PREFIX}{index}"
 
 
 @dataclass(frozen=True)
@@ -43,8 +87,8 @@ def config_key(config: dict[str, Any]) -> str:
     return json.dumps(config, sort_keys=True)
 
 
-def engine_kwargs(entry: ModelEntry) -> dict[str, Any]:
-    """vLLM engine arguments for this entry."""
+def engine_kwargs(entry: ModelEntry, placement: Placement | None = None) -> dict[str, Any]:
+    """vLLM engine arguments for this entry (and, on a GPU, what its placement gives it)."""
     engine = entry.engine
     kwargs: dict[str, Any] = {
         "tensor_parallel_size": engine.tensor_parallel_size,
@@ -55,32 +99,47 @@ def engine_kwargs(entry: ModelEntry) -> dict[str, Any]:
         kwargs["max_model_len"] = engine.max_model_len
     if engine.gpu_memory_utilization is not None:
         kwargs["gpu_memory_utilization"] = engine.gpu_memory_utilization
+    if engine.kv_cache_memory_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = engine.kv_cache_memory_bytes
+    if placement is not None and placement.utilisation is not None:
+        kwargs["gpu_memory_utilization"] = placement.utilisation
+        if placement.kv_cache_bytes is not None:
+            kwargs["kv_cache_memory_bytes"] = placement.kv_cache_bytes
     if entry.task == "embed":
         kwargs["runner"] = "pooling"
     kwargs.update(engine.extra_args)
     return kwargs
 
 
-def llm_config_dict(entry: ModelEntry, host: EngineHost) -> dict[str, Any]:
-    """The LLMConfig fields (plain data, so tests and diffs can compare them)."""
-    tp = entry.engine.tensor_parallel_size
-    if host.device == "gpu":
-        bundles = [{"GPU": 1, "CPU": 1} for _ in range(tp)]
-    else:
-        bundles = [{"CPU": 0.5}]  # CPU engines share the cores; Ray only needs to place them
+def llm_config_dict(entry: ModelEntry, host: EngineHost, placement: Placement | None = None) -> dict[str, Any]:
+    """The LLMConfig fields (plain data, so tests and diffs can compare them).
+
+    Without a placement (GPU hosts): the model's settings only, to compare (``config_key``)."""
+    # Engines share the cores; Ray only needs to place them. Memory, not cores, limits how many
+    # models are resident (the manager's ledger), so the share is small: 0.5 let a 2-core host
+    # hold only four models, and a fifth sat pending in Ray with room in the ledger.
+    bundle: dict[str, float] = {"CPU": CPU_SHARE}
     env = {
         "VLLM_CACHE_ROOT": str(host.cache_dir),
         "VLLM_NO_USAGE_STATS": "1",
         "RAY_USAGE_STATS_ENABLED": "0",
+        # Read by vLLM's CPU build only (the GPU build ignores it); also set on GPU hosts, where the
+        # logical-GPU tests run the CPU build under a GPU placement.
+        "VLLM_CPU_KVCACHE_SPACE": str(host.cpu_kv_cache_gb),
     }
-    if host.device == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(host.cpu_kv_cache_gb)
+    if host.device == "gpu" and placement is not None:
+        bundle["GPU"] = RAY_GPU_SHARE
+        for index in placement.gpus:
+            bundle[gpu_resource(index)] = math.ceil(placement.per_device_gb * 100) / 100
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpus)
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering = NVML's (CUDA's default is fastest first)
+    bundles = [bundle]
     # Weights are always a local folder (a revision is chosen by the download), so the engine
     # never needs the hub.
     env["HF_HUB_OFFLINE"] = "1"
     config: dict[str, Any] = {
         "model_loading_config": {"model_id": entry.id, "model_source": resolve(entry, host.models_dir)},
-        "engine_kwargs": engine_kwargs(entry),
+        "engine_kwargs": engine_kwargs(entry, placement if host.device == "gpu" else None),
         "placement_group_config": {"bundles": bundles},
         "deployment_config": {
             "num_replicas": 1,  # residency is the model manager's job, not Serve autoscaling

@@ -12,13 +12,14 @@ with the same functions (tests/lifecycle/fakes.py).
 
 from __future__ import annotations
 
+import json
 import threading
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ray import serve
 
-from app.engines.llm_config import DEPLOYMENT_NAME, app_name, build_app, config_key
+from app.engines.llm_config import DEPLOYMENT_NAME, Placement, app_name, build_app
 
 _KV_NAMESPACE = b"llmbox"
 ENGINE_INFO_TIMEOUT_S = 5.0
@@ -44,12 +45,15 @@ class AppInfo:
         return self.deployments.get(deployment, [])
 
 
-def deploy(model_id: str, config: dict[str, Any]) -> None:
-    """Submit the model's application and return at once (the manager polls its status)."""
+def deploy(model_id: str, config: dict[str, Any], key: str, placement: Placement | None) -> None:
+    """Submit the model's application and return at once (the manager polls its status).
+
+    ``key`` (its settings) and ``placement`` are kept beside it for a restarted manager."""
     from ray.experimental import internal_kv
 
+    record = {"key": key, "placement": asdict(placement) if placement else None}
     with _DEPLOYING:
-        internal_kv._internal_kv_put(f"deployed:{model_id}".encode(), config_key(config).encode(),
+        internal_kv._internal_kv_put(f"deployed:{model_id}".encode(), json.dumps(record).encode(),
                                      namespace=_KV_NAMESPACE)
         target = serve.RunTarget(build_app(config), name=app_name(model_id), route_prefix=None)
         serve.run_many([target], wait_for_applications_running=False)
@@ -63,12 +67,16 @@ def delete(model_id: str) -> None:
     internal_kv._internal_kv_del(f"deployed:{model_id}".encode(), namespace=_KV_NAMESPACE)
 
 
-def deployed_key(model_id: str) -> str | None:
-    """The engine config the model's running application was deployed with (None if unknown)."""
+def deployed(model_id: str) -> tuple[str, Placement | None] | None:
+    """The settings key and placement the model's running application was deployed with (None if unknown)."""
     from ray.experimental import internal_kv
 
     value = internal_kv._internal_kv_get(f"deployed:{model_id}".encode(), namespace=_KV_NAMESPACE)
-    return value.decode() if value else None
+    if not value:
+        return None
+    record = json.loads(value)
+    placement = record.get("placement")
+    return record["key"], Placement(**{**placement, "gpus": tuple(placement["gpus"])}) if placement else None
 
 
 def snapshot() -> dict[str, AppInfo]:
@@ -91,6 +99,23 @@ def snapshot() -> dict[str, AppInfo]:
 def status(model_id: str) -> AppInfo:
     """The model application's status; NOT_STARTED when Serve does not know it."""
     return snapshot().get(app_name(model_id)) or AppInfo("NOT_STARTED", "")
+
+
+def unplaceable(model_id: str) -> str | None:
+    """Why Ray cannot place the model's replica, if it cannot (None: placed, or still trying).
+
+    Ray marks a placement group INFEASIBLE within a fraction of a second when no node has the
+    resources (Serve says so only after 30 s, "...taken more than 30s to be scheduled")."""
+    from ray.util import placement_group_table
+
+    prefix = f"SERVE_REPLICA::{app_name(model_id)}#"
+    for group in placement_group_table().values():
+        if not str(group.get("name", "")).startswith(prefix) or group.get("state") != "PENDING":
+            continue
+        if (group.get("stats") or {}).get("scheduling_state") == "INFEASIBLE":
+            wanted = ", ".join(f"{k} {v:g}" for bundle in group.get("bundles", {}).values() for k, v in bundle.items())
+            return f"Ray has no node with the resources its engine needs ({wanted})"
+    return None
 
 
 def engine_info(model_id: str) -> dict[str, Any]:

@@ -1,19 +1,37 @@
-"""How much memory models use and how much is free: NVML on GPU hosts, a budget on CPU hosts."""
+"""How much memory each device has and has free: NVML per GPU on GPU hosts, a budget on CPU hosts.
+
+The model manager's ledger (app/lifecycle/admission.py) books models onto these devices; this
+module only reports what the hardware (or the CPU budget) says.
+"""
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+from dataclasses import dataclass
+from typing import Literal, Protocol
 
 import psutil
 
-GIB = 1024**3
+from app.gpu.footprint import GIB
+
+log = logging.getLogger("llmbox.memory")
+
+
+@dataclass(frozen=True)
+class Device:
+    """One device a model can be placed on, as it reports itself now."""
+
+    index: int
+    name: str
+    total_gb: float
+    free_gb: float  # what the device has free now (NVML); a CPU budget: all of it (the ledger books the rest)
 
 
 class MemoryProbe(Protocol):
-    def free_gb(self, held_gb: float, coming_gb: float) -> float:
-        """Memory a new model may take, given what loaded models hold and loading ones will take."""
-    def total_gb(self) -> float: ...
-    def process_gb(self, pids: list[int]) -> float: ...
+    kind: Literal["cpu", "gpu"]
+
+    def devices(self) -> list[Device]: ...
+    def process_gb(self, pids: list[int]) -> float | None: ...
 
 
 def tree_pss_gb(pids: list[int]) -> float:
@@ -38,39 +56,50 @@ def tree_pss_gb(pids: list[int]) -> float:
 
 
 class CpuBudget:
-    """Hosts without a GPU: engines may use a fixed budget of RAM; usage is measured PSS."""
+    """Hosts without a GPU: engines share one budget of RAM; a model's usage is its measured PSS."""
+
+    kind: Literal["cpu", "gpu"] = "cpu"
 
     def __init__(self, budget_gb: float | None) -> None:
         self.budget_gb = budget_gb if budget_gb else 0.75 * psutil.virtual_memory().total / GIB
 
-    def total_gb(self) -> float:
-        return self.budget_gb
+    def devices(self) -> list[Device]:
+        return [Device(0, "cpu", self.budget_gb, self.budget_gb)]
 
-    def free_gb(self, held_gb: float, coming_gb: float) -> float:
-        return self.budget_gb - held_gb - coming_gb
-
-    def process_gb(self, pids: list[int]) -> float:
+    def process_gb(self, pids: list[int]) -> float | None:
         return tree_pss_gb(pids)
 
 
 class NvmlMemory:
-    """GPU hosts: free memory as NVML reports it, summed over the GPUs."""
+    """GPU hosts: each GPU's total and free memory as NVML reports it."""
+
+    kind: Literal["cpu", "gpu"] = "gpu"
 
     def __init__(self, nvml=None) -> None:
         if nvml is None:  # tests pass app.devtools.fake_nvml.FakeNvml
-            import pynvml as nvml
+            from app.gpu import nvml as wrapper
+
+            nvml = wrapper.module()
         self._nvml = nvml
-        nvml.nvmlInit()
-        self._handles = [nvml.nvmlDeviceGetHandleByIndex(i) for i in range(nvml.nvmlDeviceGetCount())]
+        nvml.nvmlInit()  # raises without a driver: a GPU host that cannot see its GPUs must say so
 
-    def total_gb(self) -> float:
-        return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).total for h in self._handles) / GIB
+    def devices(self) -> list[Device]:
+        nvml, found = self._nvml, []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            name = nvml.nvmlDeviceGetName(handle)
+            found.append(Device(index, name.decode() if isinstance(name, bytes) else str(name),
+                                memory.total / GIB, memory.free / GIB))
+        return found
 
-    def free_gb(self, held_gb: float, coming_gb: float) -> float:
-        # NVML already sees what loaded engines hold, but not (all of) what loading ones will take.
-        return sum(self._nvml.nvmlDeviceGetMemoryInfo(h).free for h in self._handles) / GIB - coming_gb
+    def process_gb(self, pids: list[int]) -> float | None:
+        """GPU memory of these processes and their children, or None when NVML cannot tell.
 
-    def process_gb(self, pids: list[int]) -> float:
+        Optional: inside a container NVML reports host PIDs (or none), on a MIG parent the query
+        needs privileges the service user lacks, and TP workers are not the replica's children.
+        The ledger attributes memory by placement instead; this is a cross-check only.
+        """
         wanted = set(pids)
         for pid in pids:
             try:
@@ -78,8 +107,13 @@ class NvmlMemory:
             except psutil.Error:
                 continue
         used = 0
-        for handle in self._handles:
-            for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                if proc.pid in wanted and proc.usedGpuMemory:
-                    used += proc.usedGpuMemory
-        return used / GIB
+        try:
+            for index in range(self._nvml.nvmlDeviceGetCount()):
+                handle = self._nvml.nvmlDeviceGetHandleByIndex(index)
+                for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(handle):
+                    if proc.pid in wanted and proc.usedGpuMemory:
+                        used += proc.usedGpuMemory
+        except Exception as exc:  # noqa: BLE001 - NVMLError (MIG, permissions): not knowing is fine
+            log.info("NVML per-process memory unavailable: %s", exc)
+            return None
+        return used / GIB if used else None

@@ -1,22 +1,57 @@
-"""Thin wrapper over NVML: every caller asks here, so a host without a GPU is handled once."""
+"""Thin wrapper over NVML: every caller asks here, so a host without a GPU is handled once.
+
+``module()`` is the NVML module llmbox calls: ``pynvml`` (nvidia-ml-py), or the one named by
+LLMBOX_NVML_MODULE. Tests on hosts without a GPU name app.devtools.fake_nvml there, so that
+every process of a test box (the model manager's actor, the API) sees the same made-up GPUs.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import importlib
+import os
+from typing import Any, Literal
+
+NVML_MODULE_VARIABLE = "LLMBOX_NVML_MODULE"
+
+
+def module() -> Any:
+    """The NVML module to call (pynvml unless LLMBOX_NVML_MODULE names another)."""
+    return importlib.import_module(os.environ.get(NVML_MODULE_VARIABLE) or "pynvml")
 
 
 def gpu_count() -> int:
     """Number of NVIDIA GPUs NVML sees; 0 when there is no driver or no GPU."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
+        nvml = module()
+        nvml.nvmlInit()
     except Exception:  # no libnvidia-ml.so, no driver, no device: all mean "no GPU here"
         return 0
     try:
-        return int(pynvml.nvmlDeviceGetCount())
+        return int(nvml.nvmlDeviceGetCount())
     finally:
-        pynvml.nvmlShutdown()
+        nvml.nvmlShutdown()
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def devices() -> list[tuple[int, str, int, int]]:
+    """(index, name, total bytes, free bytes) of every GPU; [] without one."""
+    try:
+        nvml = module()
+        nvml.nvmlInit()
+    except Exception:
+        return []
+    try:
+        found = []
+        for index in range(nvml.nvmlDeviceGetCount()):
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+            found.append((index, text(nvml.nvmlDeviceGetName(handle)), int(memory.total), int(memory.free)))
+        return found
+    finally:
+        nvml.nvmlShutdown()
 
 
 def detect_device(setting: Literal["auto", "cpu", "gpu"] = "auto") -> Literal["cpu", "gpu"]:

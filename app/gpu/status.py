@@ -1,35 +1,36 @@
-"""What the GPUs hold: per device name, memory, utilisation, and which model owns which process.
+"""What the GPUs hold: per device name, memory, utilisation, and which model is placed there with what.
 
 ``nvml`` is the ``pynvml`` module (nvidia-ml-py) or anything with the same functions (the tests
 pass app/devtools/fake_nvml.py). A host without a GPU is not an error: the answer says so and
 the caller reports the CPU memory budget instead.
+
+Models are attributed by where the model manager placed them (each model's ``gpus`` and its
+``budget_gb`` on each), not by process id: inside a container NVML reports host PIDs (or none),
+tensor-parallel workers are not the replica's children, and on a MIG parent the per-process
+query needs privileges the service user lacks. ``other_processes_gb`` is what NVML says is used
+beyond what llmbox's models hold (another container, a desktop, a model still allocating).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import psutil
+from app.gpu.footprint import GIB
+from app.gpu.nvml import text as _text
 
-GIB = 1024**3
 
-
-def process_owners(models: list[dict[str, Any]]) -> dict[int, str]:
-    """PID -> model id for every model's replica processes and their children (the engines)."""
-    owners: dict[int, str] = {}
+def holdings(models: list[dict[str, Any]], index: int) -> list[dict[str, Any]]:
+    """The models placed on GPU ``index``: what each was given there, and measured (per GPU) if known."""
+    held = []
     for model in models:
-        for pid in model.get("pids") or []:
-            owners[pid] = model["id"]
-            try:
-                for child in psutil.Process(pid).children(recursive=True):
-                    owners[child.pid] = model["id"]
-            except psutil.Error:
-                continue
-    return owners
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
+        gpus = model.get("gpus") or []
+        if index not in gpus:
+            continue
+        measured = model.get("memory_gb") if model.get("memory_measured") else None
+        held.append({"id": model["id"], "state": model.get("state"), "budget_gb": model.get("budget_gb"),
+                     "memory_gb": round(measured / len(gpus), 2) if measured else model.get("budget_gb"),
+                     "gpus": gpus})
+    return sorted(held, key=lambda m: m["id"])
 
 
 def gpu_status(nvml: Any, models: list[dict[str, Any]]) -> dict[str, Any]:
@@ -39,7 +40,6 @@ def gpu_status(nvml: Any, models: list[dict[str, Any]]) -> dict[str, Any]:
     except Exception as exc:  # no driver library, no device, no permission: all mean "no GPU here"
         return {"gpu": False, "message": f"no NVIDIA GPU on this host (NVML: {_text(exc) or type(exc).__name__})"}
     try:
-        owners = process_owners(models)
         devices = []
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
@@ -49,21 +49,15 @@ def gpu_status(nvml: Any, models: list[dict[str, Any]]) -> dict[str, Any]:
                 utilisation = {"gpu_percent": rates.gpu, "memory_percent": rates.memory}
             except Exception:  # some GPUs (MIG slices) do not report utilisation
                 utilisation = {"gpu_percent": None, "memory_percent": None}
-            holders: dict[str, float] = {}
-            others = 0.0
-            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(handle):
-                used = (proc.usedGpuMemory or 0) / GIB
-                if proc.pid in owners:
-                    holders[owners[proc.pid]] = holders.get(owners[proc.pid], 0.0) + used
-                else:
-                    others += used
+            held = holdings(models, index)
+            ours = sum(m["memory_gb"] or 0.0 for m in held)
             devices.append({
                 "index": index, "name": _text(nvml.nvmlDeviceGetName(handle)),
                 "memory": {"total_gb": round(memory.total / GIB, 2), "used_gb": round(memory.used / GIB, 2),
                            "free_gb": round(memory.free / GIB, 2)},
                 **utilisation,
-                "models": [{"id": m, "memory_gb": round(gb, 2)} for m, gb in sorted(holders.items())],
-                "other_processes_gb": round(others, 2),
+                "models": held,
+                "other_processes_gb": round(max(memory.used / GIB - ours, 0.0), 2),
             })
         return {"gpu": True, "driver": _text(nvml.nvmlSystemGetDriverVersion()), "devices": devices}
     finally:

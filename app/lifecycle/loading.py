@@ -12,7 +12,8 @@ import asyncio
 import logging
 from typing import Any
 
-from app.engines.llm_config import config_key
+from app.engines.llm_config import Placement
+from app.gpu.memory import Device
 from app.lifecycle import admission, watchdog
 from app.lifecycle.runtime import Process, Runtime
 from app.lifecycle.states import State
@@ -42,15 +43,16 @@ class Loading:
             model_id = rt.entry.id
             rt.refused = False
             try:
-                need = admission.need_gb(rt)
-                refusal = await self._make_room(rt, need, started + self.config.load_timeout_s)
+                rt.config_key = self._config_key(rt.entry)  # the settings this load applies (reconcile compares)
+                rt.budget = await asyncio.to_thread(self._budget, rt.entry)
+                refusal = await self._make_room(rt, started + self.config.load_timeout_s)
                 if refusal or rt.abandon:
                     return self._stop_loading(rt, refusal)
-                rt.admitted = True  # from here on its need counts against free memory
                 while True:
-                    config = self._config(rt.entry)
-                    rt.config_key = config_key(config)
-                    await asyncio.to_thread(self.apps.deploy, model_id, config)
+                    rt.config_key = self._config_key(rt.entry)
+                    before = await asyncio.to_thread(self._used_gb, rt.placement)
+                    await asyncio.to_thread(self.apps.deploy, model_id, self._config(rt.entry, rt.placement),
+                                            rt.config_key, rt.placement)
                     error = await self._wait_running(rt, started)
                     if rt.abandon:
                         await asyncio.to_thread(self.apps.delete, model_id)
@@ -63,7 +65,7 @@ class Loading:
                     log.info("engine settings of %s changed during its load: loading it again", model_id)
                     await asyncio.to_thread(self.apps.delete, model_id)
                 self._watch(rt, info)
-                rt.memory_gb = round(await asyncio.to_thread(self.memory.process_gb, rt.pids), 3) if rt.pids else None
+                rt.memory_gb = await asyncio.to_thread(self._measure, rt, before, started)
                 rt.last_load_s = round(self.clock() - started, 2)
                 rt.failures, rt.last_error = 0, None
                 rt.lease = next(self._leases)
@@ -97,6 +99,12 @@ class Loading:
             # "failed to start": Serve would retry the replica; the manager decides instead.
             if app.status in ("DEPLOY_FAILED", "UNHEALTHY") or "failed to start" in app.message:
                 return clean(app.message or app.status)
+            # Admission placed it, but Ray cannot (resources it does not know, another user of the
+            # cluster): fail now with the reason, not after the load deadline.
+            if "to be scheduled" in app.message:
+                return f"could not be placed: {clean(app.message)}"
+            if app.status == "DEPLOYING" and (why := await asyncio.to_thread(self.apps.unplaceable, rt.entry.id)):
+                return f"could not be placed: {why}"
             if self.clock() > deadline:
                 return f"load did not finish within {self.config.load_timeout_s:.0f} s"
             await asyncio.sleep(self.config.poll_interval_s)
@@ -128,24 +136,70 @@ class Loading:
         self._event("model_load_failed", rt, reason=reason)
         await asyncio.to_thread(self.apps.delete, rt.entry.id)  # free whatever it holds
 
-    async def _make_room(self, rt: Runtime, need: float, deadline: float) -> str | None:
-        """Evict idle models, else drain busy ones, until ``need`` fits; else the refusal (see admission.py)."""
+    async def _make_room(self, rt: Runtime, deadline: float) -> str | None:
+        """Evict idle models, else drain busy ones, until it fits somewhere, then book it there
+        (``rt.placement``); else the refusal. See admission.py."""
         skipped: set[str] = set()
+        read = False
         while True:
-            models = self.models.values()
-            free = self.memory.free_gb(admission.held_gb(models, exclude=rt), admission.coming_gb(models, exclude=rt))
-            if need <= free:
-                return None
+            devices = await asyncio.to_thread(self.memory.devices)
             now = self.clock()
-            if need > admission.ceiling_gb(models, rt, self.memory.total_gb()) or now > deadline:
-                return admission.refusal(rt, need, free, self.memory.total_gb(), models)
-            await self.routers.read_usage(self.models)  # who is busy, and when each was last used, as of now
-            idle = [v for v in admission.victims(self.models.values(), rt, now) if v.entry.id not in skipped]
-            busy = [v for v in admission.drainable(self.models.values(), rt, now) if v.entry.id not in skipped]
-            if idle or busy:
-                victim = (idle or busy)[0]
+            plan = admission.plan(self.models.values(), rt, devices, now, frozenset(skipped))
+            if plan.gpus is not None:
+                if rt.abandon:
+                    return None
+                # Booked at once, with no await between the plan and the booking: a concurrent
+                # load plans against this booking, not against the same free memory.
+                rt.placement, rt.admitted = self._place(rt, plan.gpus, devices), True
+                return None
+            if plan.never or now > deadline:
+                return plan.never or admission.refusal(rt, devices, self.models.values())
+            if not read:  # who is busy, and when each was last used, as of now; then plan again
+                await self.routers.read_usage(self.models)
+                read = True
+                continue
+            read = False
+            victim = plan.victim
+            if victim is not None:
+                idle = not victim.busy()
                 log.info("%s %s to make room for %s", "evicting" if idle else "draining", victim.entry.id, rt.entry.id)
                 if not await self._unload(victim, "evicted", drain_until=None if idle else deadline):
                     skipped.add(victim.entry.id)  # it became busy, a router did not answer, or it would not drain
             else:
                 await asyncio.sleep(self.config.drain_poll_s)  # the memory is being loaded or drained by others
+
+    def _place(self, rt: Runtime, gpus: list[int], devices: list[Device]) -> Placement:
+        """What ``rt`` books on its devices and what its engine is told (see llm_config.py)."""
+        chosen = [d for d in devices if d.index in gpus]
+        smallest = min(chosen, key=lambda d: d.total_gb)
+        need = admission.need_gb(rt, smallest)
+        if self.memory.kind != "gpu":
+            return Placement(tuple(gpus), need)
+        declared = rt.entry.memory_gb or rt.entry.engine.gpu_memory_utilization
+        kv = rt.budget.kv_per_device if rt.budget is not None and not declared else None
+        return Placement.on_gpus(gpus, need, smallest.total_gb, kv)
+
+    def _used_gb(self, placement: Placement) -> dict[int, float] | None:
+        """What its GPUs hold now (NVML), to attribute the difference after its load."""
+        if self.memory.kind != "gpu":
+            return None
+        return {d.index: d.total_gb - d.free_gb for d in self.memory.devices() if d.index in placement.gpus}
+
+    def _measure(self, rt: Runtime, before: dict[int, float] | None, started: float) -> float | None:
+        """What the loaded model takes, or None (not measured: its budget stays what counts).
+
+        CPU: the PSS of its processes. GPU: what its GPUs hold now less what they held before its
+        deploy (NVML's per-process figures name host PIDs inside a container, need privileges on
+        MIG, and miss TP workers), unless another model loaded or unloaded on them meanwhile."""
+        if before is None:
+            measured = self.memory.process_gb(rt.pids) if rt.pids else None
+            return round(measured, 3) if measured else None
+        overlapping = [r for r in self.models.values() if r is not rt and r.placement is not None
+                       and set(r.placement.gpus) & set(before) and (r.since >= started or r.state in admission.COMING)]
+        if overlapping:
+            log.info("not measuring %s: %s changed on its GPUs during its load", rt.entry.id,
+                     ", ".join(r.entry.id for r in overlapping))
+            return None
+        after = self._used_gb(rt.placement) or {}
+        delta = sum(after.get(i, 0.0) - used for i, used in before.items())
+        return round(delta, 3) if delta > 0.05 else None

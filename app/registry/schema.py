@@ -44,6 +44,13 @@ class EngineSettings(_Strict):
     gpu_memory_utilization: float | None = Field(
         None, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take; default: vLLM's."
     )
+    kv_cache_memory_bytes: int | None = Field(
+        None, ge=1, description="KV cache per GPU in bytes; default: llmbox's budget (concurrent_sequences x max_model_len)."
+    )
+    concurrent_sequences: int | None = Field(
+        None, ge=1, le=1024,
+        description="Full-length sequences the KV cache budget holds (shorter requests share it); default 2.",
+    )
     enforce_eager: bool = Field(False, description="Skip CUDA graph capture: faster start, slower decode.")
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="Further vLLM engine arguments, e.g. {trust_remote_code: true}."
@@ -61,6 +68,13 @@ class EngineSettings(_Strict):
             if key in ("model", "task", "runner", "tokenizer", "revision"):
                 raise ValueError(f"engine argument {key!r} is derived from the model entry; remove it")
         return value
+
+
+class EmbedPrefixes(_Strict):
+    """Text the router puts before each input of an embedding model (app/serving/embed_prefixes.py)."""
+
+    query: str = Field("", max_length=64, description="Before a query (input_type: query).")
+    document: str = Field("", max_length=64, description="Before a document (input_type: document, the default).")
 
 
 class ModelEntry(_Strict):
@@ -82,6 +96,9 @@ class ModelEntry(_Strict):
         None, gt=0, description="Memory the loaded model needs: measured after its first load, or estimated."
     )
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
+    embed_prefixes: EmbedPrefixes | None = Field(
+        None, description="Task prefixes the model was trained with (embedding models), added by the router."
+    )
 
     @field_validator("id")
     @classmethod
@@ -114,6 +131,12 @@ class ModelEntry(_Strict):
     def _check_revision(cls, value: str | None) -> str | None:
         # Refused here, before the edit is saved: the hub's paths refuse it too, so serving would fail on it.
         return value if value is None else check_revision(value)
+
+    @model_validator(mode="after")
+    def _prefixes_for_embeddings(self) -> ModelEntry:
+        if self.embed_prefixes is not None and self.task != "embed":
+            raise ValueError(f"model {self.id!r}: embed_prefixes is for task: embed models only")
+        return self
 
     @model_validator(mode="after")
     def _pinned_means_served(self) -> ModelEntry:

@@ -24,7 +24,11 @@ class _Snapshot:
         in_flight = GaugeMetricFamily("llmbox_requests_in_flight", "Requests in flight per model", labels=["model"])
         memory = GaugeMetricFamily("llmbox_model_memory_bytes", "Measured (else estimated) memory per model",
                                    labels=["model", "measured"])
+        budget = GaugeMetricFamily("llmbox_model_budget_bytes", "Memory booked for a loaded model on each device",
+                                   labels=["model", "device"])
         for m in models:
+            for index in m.get("gpus") or []:
+                budget.add_metric([m["id"], str(index)], (m.get("budget_gb") or 0.0) * GIB)
             for s in State:
                 state.add_metric([m["id"], s.value], 1.0 if m["state"] == s.value else 0.0)
             in_flight.add_metric([m["id"]], m["in_flight"])
@@ -52,7 +56,7 @@ class _Snapshot:
                                           "(reaper, watchdog) and tasks that raised", labels=["loop"])
         for loop, n in self.snapshot["loop_errors"].items():
             loop_errors.add_metric([loop], n)
-        yield from (state, in_flight, memory, loads, unloads, load_s, wait_s, crashes, loop_errors)
+        yield from (state, in_flight, memory, budget, loads, unloads, load_s, wait_s, crashes, loop_errors)
 
 
 def render(snapshot: dict[str, Any]) -> bytes:

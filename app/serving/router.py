@@ -35,7 +35,7 @@ from app.lifecycle import actor
 from app.lifecycle.routers import ROUTER_DEPLOYMENT
 from app.lifecycle.states import Outcome
 from app.openai_errors import HTTP_CODES
-from app.serving import answers, metrics
+from app.serving import answers, embed_prefixes, metrics
 from app.serving.answers import DONE, error
 from app.serving.keys import RequireKey
 from app.serving.leases import Leases
@@ -110,6 +110,7 @@ class Router:
         self.manager = actor.handle()  # here, not on the first request: the lookup blocks
         self._handles: dict[str, Any] = {}
         self.leases = Leases()
+        self._prefixes: dict[str, dict[str, str] | None] = {}  # embedding task prefixes per model, from its view
         self._server = await listen(api, config.host, config.port)
         context = serve.get_replica_context()
         self.id = context.replica_id.unique_id  # the manager counts this replica's requests under it
@@ -203,6 +204,8 @@ class Router:
     def _model_card(m: dict) -> dict:
         card = {"id": m["id"], "object": "model", "created": int(m["since"]), "owned_by": "llmbox",
                 "task": m["task"], "state": m["state"], "always_on": m["always_on"], "memory_gb": m["memory_gb"]}
+        if m.get("gpus"):  # where it is placed, and what it is given on each of those GPUs
+            card["gpus"], card["budget_gb"] = m["gpus"], m["budget_gb"]
         for key in ("loading", "last_error", "download"):
             if m.get(key):
                 card[key] = m[key]
@@ -259,6 +262,8 @@ class Router:
         except ValidationError as exc:
             return error(400, f"invalid request: {exc.errors(include_url=False)}", "invalid_request_error",
                          "invalid_request")
+        if method == "embeddings" and (why := embed_prefixes.bad_input_type(body)):
+            return error(400, why, "invalid_request_error", "invalid_request")
         model_id = body["model"]
         streaming = bool(body.get("stream"))
         if self.leases.begin(model_id):  # the fast path: no round trip to the manager
@@ -278,6 +283,8 @@ class Router:
             return got
         if got["outcome"] not in (Outcome.READY, Outcome.PENDING):
             return answers.refusal(got["outcome"], model_id, got.get("model"))
+        # Kept for the fast path (a settings change reloads the model, which revokes the lease).
+        self._prefixes[model_id] = got["model"].get("embed_prefixes")
         # Fire and forget: the reply does not depend on it, and calls from one caller reach the
         # actor in order, so it is never counted out before it was counted in.
         ticket = got["ticket"]
@@ -308,6 +315,8 @@ class Router:
         is dropped, the manager is asked to look at the model now, and the request takes the slow
         path once: a restarting model then gets the loading contract rather than an error.
         """
+        if method == "embeddings":
+            parsed = embed_prefixes.with_prefix(parsed, self._prefixes.get(model_id))
         gen = getattr(self._handle(model_id), method).remote(parsed)
         try:
             first = await gen.__anext__()

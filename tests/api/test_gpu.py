@@ -1,8 +1,5 @@
 """GPU status: the real no-GPU path on this machine, and the GPU path against a FAKE NVML (same
-interface as pynvml) with models mapped to the processes that hold GPU memory."""
-
-import subprocess
-import sys
+interface as pynvml) with models attributed by where the manager placed them."""
 
 from fastapi.testclient import TestClient
 
@@ -43,26 +40,30 @@ def test_this_host_without_a_gpu_says_so_and_reports_the_cpu_budget(tmp_path):
     assert body["cpu_budget"]["total_gb"] == 16.0 and body["cpu_budget"]["models"] == [{"id": "embed", "memory_gb": 1.3}]
 
 
-def test_gpu_path_names_devices_memory_and_which_model_holds_what(tmp_path):
-    # A real child process stands for a model's engine: NVML reports the engine, llmbox knows the replica.
-    replica = subprocess.Popen([sys.executable, "-c", "import subprocess,sys,time; "
-                                "p=subprocess.Popen([sys.executable,'-c','import time; time.sleep(60)']); "
-                                "print(p.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
-    try:
-        engine_pid = int(replica.stdout.readline())
-        nvml = FakeNvml([FakeGpu(used_gb=30.5, gpu_percent=87, processes={engine_pid: 28.0, 99999: 2.5}),
-                         FakeGpu(name="NVIDIA L4", total_gb=24.0)])
-        models = [{"id": "llama", "state": "ready", "memory_gb": 28.0, "pids": [replica.pid]}]
-        with client(tmp_path, nvml, models) as c:
-            body = c.get("/api/gpu").json()
-    finally:
-        replica.kill()
-    first, second = body["devices"]
-    assert body["gpu"] is True and body["driver"] == "580.95.05"
+def test_gpu_path_names_devices_memory_and_which_model_is_placed_where(tmp_path):
+    # Inside a container NVML reports host PIDs (here: pids llmbox never heard of), and the MIG
+    # parent refuses the per-process query: models are attributed by placement, never by PID.
+    nvml = FakeNvml([FakeGpu(used_gb=30.5, gpu_percent=87, processes={4242: 28.0, 99999: 2.5}),
+                     FakeGpu(name="NVIDIA L4", total_gb=24.0, used_gb=14.0, mig=True),
+                     FakeGpu(name="NVIDIA L4", total_gb=24.0, used_gb=10.0)])
+    models = [{"id": "llama", "state": "ready", "memory_gb": 28.0, "memory_measured": True, "gpus": [0],
+               "budget_gb": 28.5, "pids": [123]},
+              {"id": "qwen-tp2", "state": "ready", "memory_gb": None, "memory_measured": False, "gpus": [1, 2],
+               "budget_gb": 10.0, "pids": [456]},
+              {"id": "idle", "state": "unloaded", "memory_gb": 3.0, "memory_measured": True, "gpus": [],
+               "budget_gb": None, "pids": []}]
+    with client(tmp_path, nvml, models) as c:
+        response = c.get("/api/gpu")
+    assert response.status_code == 200
+    first, second, third = response.json()["devices"]
+    assert response.json()["gpu"] is True and response.json()["driver"] == "580.95.05"
     assert first["name"] == "NVIDIA H100 80GB HBM3" and first["gpu_percent"] == 87
     assert first["memory"] == {"total_gb": 80.0, "used_gb": 30.5, "free_gb": 49.5}
-    assert first["models"] == [{"id": "llama", "memory_gb": 28.0}] and first["other_processes_gb"] == 2.5
-    assert second["models"] == [] and second["memory"]["free_gb"] == 24.0
+    assert first["models"] == [{"id": "llama", "state": "ready", "budget_gb": 28.5, "memory_gb": 28.0, "gpus": [0]}]
+    assert first["other_processes_gb"] == 2.5
+    # A TP model is listed on each of its GPUs with its share there.
+    assert [m["id"] for m in second["models"]] == [m["id"] for m in third["models"]] == ["qwen-tp2"]
+    assert second["models"][0]["memory_gb"] == 10.0 and second["other_processes_gb"] == 4.0
     assert nvml.initialised == 0  # every nvmlInit was matched by nvmlShutdown
 
 

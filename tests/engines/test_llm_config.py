@@ -4,10 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from app.engines.llm_config import EngineHost, app_name, llm_config_dict
+from app.engines.llm_config import EngineHost, Placement, app_name, config_key, llm_config_dict
 from app.engines.sources import NotDownloaded, SourceMissing, resolve
 from app.hub import paths
 from app.registry.schema import ModelEntry
+
+GIB = 1024**3
 
 
 @pytest.fixture(autouse=True)
@@ -30,9 +32,45 @@ def test_each_model_gets_its_own_engine_settings():
     small = llm_config_dict(entry(id="small", engine={"max_model_len": 2048}), GPU)
     assert big["engine_kwargs"] == {"tensor_parallel_size": 2, "max_model_len": 8192, "dtype": "bfloat16",
                                          "gpu_memory_utilization": 0.8, "enforce_eager": False}
-    assert big["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1}] * 2
     assert small["engine_kwargs"]["tensor_parallel_size"] == 1 and small["engine_kwargs"]["max_model_len"] == 2048
-    assert small["placement_group_config"]["bundles"] == [{"GPU": 1, "CPU": 1}]
+
+
+def test_a_gpu_placement_books_the_budget_on_its_gpus_and_tells_the_engine_exactly_that():
+    # A 0.5B model given 3.6 GB of GPU 1 (of 80 GB), 0.75 GB of it KV cache.
+    placement = Placement.on_gpus([1], 3.6, 80.0, kv_cache_bytes=805_306_368)
+    config = llm_config_dict(entry(engine={"max_model_len": 4096}), GPU, placement)
+    # Ray: a token share of its GPU resource (ray.serve.llm's config task needs some) and the
+    # budget of GPU 1 in GB, never a whole GPU: other models share the GPU.
+    assert config["placement_group_config"]["bundles"] == [{"CPU": 0.05, "GPU": 0.01, "llmbox_gpu_1": 3.6}]
+    env = config["runtime_env"]["env_vars"]
+    assert (env["CUDA_VISIBLE_DEVICES"], env["CUDA_DEVICE_ORDER"]) == ("1", "PCI_BUS_ID")
+    # vLLM starts only with util x total free (admission checked 3.6 GB) and takes this much KV.
+    assert config["engine_kwargs"]["gpu_memory_utilization"] == 0.045  # 3.6 / 80
+    assert config["engine_kwargs"]["kv_cache_memory_bytes"] == 805_306_368
+    # Rounded up, never down: the engine gets at least what was booked.
+    assert Placement.on_gpus([0], 10.0, 24.0, None).utilisation == 0.4167
+
+
+def test_a_tensor_parallel_placement_takes_distinct_gpus_in_one_bundle():
+    placement = Placement.on_gpus([0, 2], 20.0, 80.0, kv_cache_bytes=GIB)
+    config = llm_config_dict(entry(engine={"tensor_parallel_size": 2}), GPU, placement)
+    assert config["placement_group_config"]["bundles"] == [
+        {"CPU": 0.05, "GPU": 0.01, "llmbox_gpu_0": 20.0, "llmbox_gpu_2": 20.0}]
+    assert config["runtime_env"]["env_vars"]["CUDA_VISIBLE_DEVICES"] == "0,2"
+
+
+def test_where_a_model_is_placed_is_not_one_of_its_settings():
+    on_0 = llm_config_dict(entry(), GPU, Placement.on_gpus([0], 3.0, 80.0, None))
+    on_1 = llm_config_dict(entry(), GPU, Placement.on_gpus([1], 3.0, 80.0, None))
+    assert on_0 != on_1
+    # The manager compares settings without the placement: moving a model is no reload reason.
+    assert config_key(llm_config_dict(entry(), GPU)) == config_key(llm_config_dict(entry(), GPU))
+    assert "CUDA_VISIBLE_DEVICES" not in llm_config_dict(entry(), GPU)["runtime_env"]["env_vars"]
+
+
+def test_the_entrys_own_memory_settings_pass_through():
+    config = llm_config_dict(entry(engine={"kv_cache_memory_bytes": 1 << 30}), GPU)
+    assert config["engine_kwargs"]["kv_cache_memory_bytes"] == 1 << 30
 
 
 def test_embedding_models_use_the_pooling_runner_and_extra_args_pass_through():
@@ -46,7 +84,7 @@ def test_embedding_models_use_the_pooling_runner_and_extra_args_pass_through():
 
 def test_cpu_hosts_get_a_cpu_placement_and_kv_cache_setting():
     config = llm_config_dict(entry(), CPU)
-    assert config["placement_group_config"]["bundles"] == [{"CPU": 0.5}]
+    assert config["placement_group_config"]["bundles"] == [{"CPU": 0.05}]
     assert config["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     assert config["deployment_config"]["num_replicas"] == 1  # residency is the manager's job
 

@@ -40,7 +40,8 @@ def test_add_edit_toggle_delete(admin, someone_else):
     assert f"saved as registry revision {base + 2}" in flashes(edited)[0]
     model = someone_else.get("/api/models/ui-added").json()
     assert model["engine"] == {"tensor_parallel_size": 1, "max_model_len": 512, "dtype": "float32",
-                               "gpu_memory_utilization": None, "enforce_eager": True, "extra_args": {"seed": 3}}
+                               "gpu_memory_utilization": None, "kv_cache_memory_bytes": None,
+                               "concurrent_sequences": None, "enforce_eager": True, "extra_args": {"seed": 3}}
     assert model["idle_timeout_s"] == 0 and model["memory_gb"] == 2.5
 
     # Only what changed is sent: clearing a field resets it, an unchanged form changes nothing.

@@ -73,8 +73,8 @@ def test_unreadable_metadata_gives_unknown_not_a_crash(catalog, api, gpu24):
 
 
 def test_measured_memory_replaces_the_estimate(catalog, api, gpu24):
-    results = {r["id"]: r["fit"] for r in search(api, text="chat", host=gpu24, measured={"acme/chat-8b": 23.5})}
+    results = {r["id"]: r["fit"] for r in search(api, text="chat", host=gpu24, measured={"acme/chat-8b": 25.0})}
     assert results["acme/chat-8b"]["basis"] == "measured"
-    assert results["acme/chat-8b"]["need_gb"] == 23.5
-    assert results["acme/chat-8b"]["verdict"] == "tight"
+    assert results["acme/chat-8b"]["need_gb"] == 25.0
+    assert results["acme/chat-8b"]["verdict"] == "does not fit"
     assert results["acme/chat-small"]["basis"] == "estimated"

@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-from app.engines.llm_config import app_name, config_key
+from app.engines.llm_config import app_name
 from app.engines.serve_apps import AppInfo, Replica
 from app.lifecycle.manager import ModelManager
 from app.lifecycle.routers import ROUTER_DEPLOYMENT, RouterLink
@@ -53,6 +53,8 @@ class FakeServe:
         self.deploys: list[str] = []
         self.deletes: list[str] = []
         self.keys: list[str] = []  # the config key of each deploy
+        self.configs: dict[str, dict] = {}  # the last engine config deployed per model
+        self.infeasible: dict[str, str] = {}  # Ray cannot place these (model -> why)
         self.unhealthy: set[str] = set()  # Serve reports these UNHEALTHY
         self.exited: dict[str, list[dict]] = {}  # what a replica reports of its dead engine
         self.routers: dict[str, list[str]] = {}  # router app -> live replica ids
@@ -60,10 +62,12 @@ class FakeServe:
         self.delete_error: set[str] = set()  # delete() raises for these
         self._pids = itertools.count(5000, 10)
 
-    def deploy(self, model_id: str, config: dict) -> None:
+    def deploy(self, model_id: str, config: dict, key: str, placement=None) -> None:
         self.deploys.append(model_id)
-        self.keys.append(config_key(config))
-        self.apps[model_id] = {"polls": 0, "need": self.polls, "key": config_key(config), "pid": next(self._pids)}
+        self.keys.append(key)
+        self.configs[model_id] = config
+        self.apps[model_id] = {"polls": 0, "need": self.polls, "key": key, "placement": placement,
+                               "pid": next(self._pids)}
 
     def delete(self, model_id: str) -> None:
         if model_id in self.delete_error:
@@ -100,12 +104,15 @@ class FakeServe:
                 "processes": [{"pid": pid + 1, "name": "VLLM::EngineCore", "create_time": 1.0}],
                 "last_error": "EngineDeadError: EngineCore died" if self.exited.get(model_id) else None}
 
-    def deployed_key(self, model_id: str) -> str | None:
+    def deployed(self, model_id: str):
         app = self.apps.get(model_id)
-        return app["key"] if app else None
+        return (app["key"], app["placement"]) if app else None
 
     def cluster(self) -> dict:
         return {"proxies": {}, "applications": {}}
+
+    def unplaceable(self, model_id: str) -> str | None:
+        return self.infeasible.get(model_id)
 
     def replace_replica(self, model_id: str) -> None:
         """What Serve does on its own when a replica dies: a new one, with a new pid."""
@@ -145,6 +152,7 @@ def make_manager(tmp_path: Path, entries: str, serve: FakeServe, clock: FakeCloc
         Path(folder).mkdir(parents=True, exist_ok=True)
     if not path.exists():
         RegistryStore(path).create("llmbox_registry:\n  revision: 0\n  models:\n" + entries)
+    device = config.pop("device", "cpu")
     settings = {"reaper_interval_s": 3600, "watch_interval_s": 3600, "poll_interval_s": 0, **config}
     routers = None
     if router is not None:
@@ -152,7 +160,7 @@ def make_manager(tmp_path: Path, entries: str, serve: FakeServe, clock: FakeCloc
         routers.attach("router")
         serve.routers.setdefault("router", [router.id])
     manager = ModelManager(
-        ManagerConfig(registry_path=str(path), device="cpu", cache_dir=str(tmp_path), models_dir=str(tmp_path / "models"),
+        ManagerConfig(registry_path=str(path), device=device, cache_dir=str(tmp_path), models_dir=str(tmp_path / "models"),
                       state_dir=str(tmp_path / "var"), cpu_memory_budget_gb=budget_gb, **settings),
         apps=serve, clock=clock or FakeClock(), alive=dead or Dead(), routers=routers, memory=memory)
     if memory is None:

@@ -159,7 +159,10 @@ def test_gpu_admission_counts_what_loading_models_will_take(tmp_path):
     async def scenario():
         manager = make_manager(tmp_path, entries, serve, memory=gpu)
         await manager.reconcile()
-        a, _ = await manager.acquire("a"), await manager.acquire("b")
+        a = await manager.acquire("a")
+        while not serve.deploys:  # a is admitted and loading when b comes
+            await asyncio.sleep(0.01)
+        await manager.acquire("b")
         while manager.models["a"].state.value != "ready":
             await asyncio.sleep(0.01)
         device.used_gb = 6.0  # a's engine holds its memory now
@@ -182,6 +185,8 @@ def test_cpu_admission_counts_what_loading_models_will_take(tmp_path):
         manager = make_manager(tmp_path, models("a", "b"), serve, budget_gb=3)
         await manager.reconcile()
         await manager.acquire("a")
+        while not serve.deploys:  # a is admitted and loading when b comes
+            await asyncio.sleep(0.01)
         await manager.acquire("b")
         while manager.models["a"].state.value != "ready":
             await asyncio.sleep(0.01)
@@ -259,13 +264,14 @@ def test_a_drain_that_does_not_end_by_the_load_deadline_refuses_the_load(tmp_pat
 
 
 def test_a_settings_edit_during_a_load_is_applied_before_the_model_is_ready(tmp_path):
-    serve = FakeServe(polls=5)
+    serve = FakeServe(polls=500)  # still loading when the edit comes
 
     async def scenario():
         manager = make_manager(tmp_path, models("a"), serve)
         await manager.reconcile()
         await manager.acquire("a")
-        await asyncio.sleep(0)
+        while not serve.deploys:  # deployed with the old settings, not ready yet
+            await asyncio.sleep(0.01)
         manager.store.edit(0, lambda body: update_model(body, "a", {"engine": {"max_model_len": 256}}))
         action = (await manager.reconcile())["actions"]["a"]
         waited = await manager.wait("a", 30, 0)

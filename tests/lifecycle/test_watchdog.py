@@ -4,6 +4,8 @@ crashes in ten minutes. Serve does not repair it behind the manager's back."""
 
 import asyncio
 
+from app.engines.llm_config import Placement
+
 from app.engines.serve_apps import AppInfo, Replica
 from app.events import EventLog
 from app.lifecycle.runtime import Process, Runtime
@@ -94,7 +96,8 @@ def test_a_crash_reload_goes_through_admission(tmp_path):
         await manager.reconcile()
         await use(manager, "a")
         dead.pids.add(manager.models["a"].pids[0])
-        manager.models["b"].state, manager.models["b"].admitted = manager.models["b"].state.LOADING, True
+        b = manager.models["b"]
+        b.state, b.admitted, b.placement = b.state.LOADING, True, Placement((0,), 2.0)
         await manager.watch_once()  # b now holds the memory a would need, and b's load never ends
         await asyncio.sleep(0.3)
         clock.advance(61)  # a's reload waits for room until its deadline

@@ -100,7 +100,7 @@ def make_router(monkeypatch, manager, replicas: dict, keys: tuple[str, ...] = ()
     router = cls.__new__(cls)
     router.config = router_mod.RouterConfig(api_key_hashes=keys, load_wait_s=load_wait_s, heartbeat_s=0.05)
     router.manager = Remote(manager)
-    router.leases, router._handles, router.id = Leases(), {}, "rid-test"
+    router.leases, router._handles, router._prefixes, router.id = Leases(), {}, {}, "rid-test"
     router._handle = lambda model_id: replicas[model_id]
     router_mod.api.state.api_key_hashes = keys
     monkeypatch.setattr("ray.serve.get_replica_context", lambda: SimpleNamespace(servable_object=router))

@@ -34,7 +34,7 @@ async def _host(nvml, serving, settings) -> tuple[fit.HostMemory, dict[str, floa
                                     for d in gpus["devices"]])
     else:
         memory = status["memory"] if status else None
-        total = memory["total_gb"] if memory else CpuBudget(settings.cpu_memory_budget_gb).total_gb()
+        total = memory["total_gb"] if memory else CpuBudget(settings.cpu_memory_budget_gb).budget_gb
         host = fit.HostMemory.cpu(total, memory["free_gb"] if memory else None)
     return host, measured_by_repo(settings, models)
 
