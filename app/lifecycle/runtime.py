@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from app.engines.llm_config import Placement
-from app.gpu.footprint import Budget
+from app.gpu.footprint import GIB, Budget
 from app.lifecycle.states import PENDING, State
 from app.registry.schema import ModelEntry
 
@@ -148,12 +148,16 @@ class Runtime:
             return "downloading" if running else "not_downloaded"
         return self.state.value
 
+    def _estimated_gb(self) -> float | None:
+        """Its budget from its files, all devices together (None before a load has read them)."""
+        return round(self.budget.per_device * self.budget.tp / GIB, 3) if self.budget else None
+
     def view(self, now: float) -> ModelView:
         view = ModelView(
             id=self.entry.id, task=self.entry.task, source=self.entry.source, serve=self.entry.serve,
             always_on=self.entry.always_on, state=self.display_state(), since=self.since,
             in_flight=self.in_flight(), last_used=self.last_used, idle_timeout_s=self.idle_timeout_s,
-            memory_gb=self.memory_gb if self.memory_gb is not None else self.entry.memory_gb,
+            memory_gb=self.memory_gb if self.memory_gb is not None else self.entry.memory_gb or self._estimated_gb(),
             memory_measured=self.memory_gb is not None, last_load_s=self.last_load_s,
             last_error=self.last_error, pids=self.pids if self.state == State.READY else [],
             gpus=list(self.placement.gpus) if self.placement else [],

@@ -44,7 +44,8 @@ ENTRIES = (EMBED_ENTRY  # 1.5 GB
            + tiny("chat-c", 3.0)  # 2.5 GB left on GPU 0: GPU 1
            + tiny("tp2", 2.0, ", tensor_parallel_size: 2")  # 1 GB on each of two GPUs
            + tiny("huge", 12.0)  # more than any GPU has
-           + tiny("tp4", 4.0, ", tensor_parallel_size: 4"))  # more GPUs than the host has
+           + tiny("tp4", 4.0, ", tensor_parallel_size: 4")  # more GPUs than the host has
+           + tiny("late", 2.0))  # for a GPU that Ray's head never declared (the last test)
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +181,20 @@ def test_the_fake_gpus_reach_the_api_process_too(box):
     on_0 = {m["id"]: m["budget_gb"] for m in body["devices"][0]["models"]}
     assert on_0 == {"embed": 1.5, "chat-a": 2.0, "chat-b": 2.0}
     assert [m["id"] for m in body["devices"][1]["models"]] == ["chat-c"]
+
+
+def test_a_placement_ray_cannot_make_fails_at_once_not_at_the_load_deadline(box):
+    # A third GPU appears after the Ray head declared two (a driver loaded late, a head started
+    # before it): the manager places "late" there, and Ray has no llmbox_gpu_2 to give it.
+    gpus = Path(os.environ[GPUS_VARIABLE])
+    full = FakeGpu(name="NVIDIA L4 (fake)", total_gb=GPU_GB, used_gb=GPU_GB - 0.1)
+    write_gpus(gpus, [full, full, FakeGpu(name="NVIDIA L4 (fake)", total_gb=GPU_GB)])
+    _, url = box
+    started = time.monotonic()
+    reply = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+        "model": "late", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+    elapsed = time.monotonic() - started
+    assert reply.status_code == 503, reply.text
+    message = reply.json()["error"]["message"]
+    assert "could not be placed" in message and "llmbox_gpu_2" in message, message
+    assert elapsed < 20, elapsed  # Ray says INFEASIBLE at once; Serve would say so after 30 s
