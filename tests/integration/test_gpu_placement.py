@@ -196,5 +196,8 @@ def test_a_placement_ray_cannot_make_fails_at_once_not_at_the_load_deadline(box)
     elapsed = time.monotonic() - started
     assert reply.status_code == 503, reply.text
     message = reply.json()["error"]["message"]
-    assert "could not be placed" in message and "llmbox_gpu_2" in message, message
-    assert elapsed < 20, elapsed  # Ray says INFEASIBLE at once; Serve would say so after 30 s
+    # Ray's INFEASIBLE mark, read by the manager (Serve's own message would come after 30 s of
+    # pending and reads differently); measured here ~22 s on 2 busy cores, most of it the deploy.
+    assert "could not be placed: Ray has no node with the resources" in message and "llmbox_gpu_2" in message, message
+    assert elapsed < 30, elapsed
+    print(f"\nfailed after {elapsed:.1f} s: {message}")
