@@ -159,7 +159,6 @@ class Budget:
     overhead: int  # per device
     context: int | None
     sequences: int
-    basis: str  # "estimated" from the files, or "declared" (memory_gb / gpu_memory_utilization)
 
     @property
     def per_device(self) -> int:
@@ -187,4 +186,4 @@ def budget(config: Mapping | None, weights: int, *, tp: int = 1, kind: Kind = "g
         kv_cache_bytes = (kv_bytes(config, context, sequences, dtype) if config and context else None) or 0
     overhead = overhead_bytes(weights + kv_cache_bytes, tp, kind)
     return Budget(tp=tp, weights=int(weights), kv_cache=int(kv_cache_bytes), overhead=int(overhead),
-                  context=context, sequences=sequences, basis="estimated")
+                  context=context, sequences=sequences)

@@ -13,6 +13,7 @@ from typing import Literal, Protocol
 import psutil
 
 from app.gpu.footprint import GIB
+from app.gpu.nvml import read_devices
 
 log = logging.getLogger("llmbox.memory")
 
@@ -84,14 +85,7 @@ class NvmlMemory:
         nvml.nvmlInit()  # raises without a driver: a GPU host that cannot see its GPUs must say so
 
     def devices(self) -> list[Device]:
-        nvml, found = self._nvml, []
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            name = nvml.nvmlDeviceGetName(handle)
-            found.append(Device(index, name.decode() if isinstance(name, bytes) else str(name),
-                                memory.total / GIB, memory.free / GIB))
-        return found
+        return [Device(index, name, total / GIB, free / GIB) for index, name, total, free in read_devices(self._nvml)]
 
     def process_gb(self, pids: list[int]) -> float | None:
         """GPU memory of these processes and their children, or None when NVML cannot tell.

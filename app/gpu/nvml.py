@@ -36,20 +36,25 @@ def text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def read_devices(nvml: Any) -> list[tuple[int, str, int, int]]:
+    """(index, name, total bytes, free bytes) of every GPU of an initialised NVML."""
+    found = []
+    for index in range(nvml.nvmlDeviceGetCount()):
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        found.append((index, text(nvml.nvmlDeviceGetName(handle)), int(memory.total), int(memory.free)))
+    return found
+
+
 def devices() -> list[tuple[int, str, int, int]]:
-    """(index, name, total bytes, free bytes) of every GPU; [] without one."""
+    """``read_devices`` of this host's NVML; [] without one."""
     try:
         nvml = module()
         nvml.nvmlInit()
     except Exception:
         return []
     try:
-        found = []
-        for index in range(nvml.nvmlDeviceGetCount()):
-            handle = nvml.nvmlDeviceGetHandleByIndex(index)
-            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            found.append((index, text(nvml.nvmlDeviceGetName(handle)), int(memory.total), int(memory.free)))
-        return found
+        return read_devices(nvml)
     finally:
         nvml.nvmlShutdown()
 

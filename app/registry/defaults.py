@@ -65,8 +65,8 @@ llmbox_registry:
 {tiny_engine}
 """
 
-# The tiny model is ~10 MB of weights: on a GPU its budget from its files (~1.7 GB, mostly the
-# engine's fixed overhead) is what it is given; on a CPU host, the measured footprint.
+# The tiny model is ~10 MB of weights: on a GPU its budget from its files (mostly the engine's
+# fixed overhead) is what it is given; on a CPU host, the measured footprint.
 _TINY_ENGINE = {
     "gpu": "        max_model_len: 512",
     "cpu": "        dtype: float32\n        max_model_len: 512\n        enforce_eager: true",
