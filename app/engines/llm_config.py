@@ -133,6 +133,7 @@ def llm_config_dict(entry: ModelEntry, host: EngineHost, placement: Placement | 
             bundle[gpu_resource(index)] = math.ceil(placement.per_device_gb * 100) / 100
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpus)
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering = NVML's (CUDA's default is fastest first)
+    env.update(entry.engine.env)  # the schema refused any variable set here or outside the allow-list
     bundles = [bundle]
     # Weights are always a local folder (a revision is chosen by the download), so the engine
     # never needs the hub.

@@ -9,6 +9,7 @@ counts against a load deadline and a partial download is never loaded.
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterable
 from pathlib import Path
 
 from app.hub import paths
@@ -49,3 +50,15 @@ def resolve(entry: ModelEntry, models_dir: Path | None = None) -> str:
     if not path.is_dir():
         raise SourceMissing(f"model {entry.id!r}: {path} does not exist")
     return str(path)
+
+
+def missing_packages(entries: Iterable[ModelEntry]) -> list[str]:
+    """Why each ``package:`` source cannot be served by this install (its package is absent), one line each."""
+    missing = []
+    for entry in entries:
+        if entry.source.startswith(PACKAGE_PREFIX):
+            try:
+                resolve(entry)
+            except SourceMissing as exc:
+                missing.append(str(exc))
+    return missing

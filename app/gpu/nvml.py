@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 NVML_MODULE_VARIABLE = "LLMBOX_NVML_MODULE"
+# Present while the NVIDIA kernel driver is loaded (also inside a container: it is the host's kernel).
+KERNEL_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
 
 
 def module() -> Any:
@@ -64,3 +67,37 @@ def detect_device(setting: Literal["auto", "cpu", "gpu"] = "auto") -> Literal["c
     if setting != "auto":
         return setting
     return "gpu" if gpu_count() > 0 else "cpu"
+
+
+def failure() -> str | None:
+    """Why NVML cannot be used on this host (its own error text), or None when it initialises."""
+    try:
+        nvml = module()
+        nvml.nvmlInit()
+    except Exception as exc:  # the library's own words: "Driver/library version mismatch", ...
+        return str(exc) or type(exc).__name__
+    nvml.nvmlShutdown()
+    return None
+
+
+def check_usable(setting: Literal["auto", "cpu", "gpu"]) -> None:
+    """Raise RuntimeError when this host should serve on its GPUs but NVML cannot reach them.
+
+    Without this, ``auto`` quietly picks the CPU on a GPU host whose NVML fails, typically a
+    container whose NVIDIA libraries no longer match the host's driver after a driver upgrade."""
+    if setting == "cpu" or (setting == "auto" and not KERNEL_DRIVER_VERSION.exists()):
+        return
+    why = failure()
+    if why is None:
+        return
+    try:
+        kernel = KERNEL_DRIVER_VERSION.read_text().splitlines()[0].strip()
+    except (OSError, IndexError):
+        kernel = ""
+    because = f"the NVIDIA kernel driver is loaded ({kernel})" if kernel else "LLMBOX_DEVICE is gpu"
+    raise RuntimeError(
+        f"NVIDIA's management library (NVML) fails ({why}) although {because}. After a driver upgrade on the "
+        "host, the container's NVIDIA libraries must be reinstalled to match it (rerun the container play: "
+        "ansible-playbook ansible/site.yml --limit llmbox); check nvidia-smi here. To serve on the CPU "
+        "instead, set LLMBOX_DEVICE=cpu."
+    )

@@ -31,6 +31,32 @@ def check_revision(revision: str) -> str:
     return revision
 
 
+# Engine environment variables a registry entry may set (engine.env): the knobs of CUDA, NCCL, vLLM,
+# PyTorch and Triton, e.g. NCCL_P2P_DISABLE=1 for tensor parallel on consumer boards behind an IOMMU.
+# Nothing else: a variable such as LD_PRELOAD or PYTHONPATH would run code of the editor's choice.
+ENGINE_ENV_PREFIXES = ("NCCL_", "VLLM_", "CUDA_", "TORCH_", "PYTORCH_", "TRITON_", "OMP_", "TOKENIZERS_")
+# Set by llmbox itself from the placement and the host; an entry cannot change them.
+ENGINE_ENV_OWNED = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "VLLM_CACHE_ROOT", "VLLM_CPU_KVCACHE_SPACE",
+                    "VLLM_NO_USAGE_STATS", "VLLM_HOST_IP", "VLLM_PORT")
+
+
+def check_engine_env(env: dict[str, str]) -> dict[str, str]:
+    """engine.env as strings, or ValueError naming the variable that is not allowed."""
+    checked = {}
+    for name, value in env.items():
+        if not re.fullmatch(r"[A-Z][A-Z0-9_]{0,127}", name) or not name.startswith(ENGINE_ENV_PREFIXES):
+            raise ValueError(f"engine.env: {name!r} is not allowed: only variables starting with "
+                             f"{', '.join(ENGINE_ENV_PREFIXES)} (upper case)")
+        if name in ENGINE_ENV_OWNED:
+            raise ValueError(f"engine.env: {name} is set by llmbox (from the model's placement and the host)")
+        if isinstance(value, bool):
+            value = "1" if value else "0"
+        if not isinstance(value, (str, int, float)) or "\x00" in str(value) or len(str(value)) > 1024:
+            raise ValueError(f"engine.env: {name} needs a plain value (text or a number, at most 1024 characters)")
+        checked[name] = str(value)
+    return checked
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -55,6 +81,16 @@ class EngineSettings(_Strict):
     extra_args: dict[str, Any] = Field(
         default_factory=dict, description="Further vLLM engine arguments, e.g. {trust_remote_code: true}."
     )
+    env: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Environment variables of the engine's processes, e.g. {NCCL_P2P_DISABLE: 1}; only "
+        + ", ".join(ENGINE_ENV_PREFIXES) + " variables, not those llmbox sets.",
+    )
+
+    @field_validator("env")
+    @classmethod
+    def _check_env(cls, value: dict[str, Any]) -> dict[str, str]:
+        return check_engine_env(value)
 
     @field_validator("extra_args")
     @classmethod

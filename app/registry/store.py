@@ -159,6 +159,11 @@ class RegistryStore:
 
         return self.edit(base_revision, take_new)
 
+    @classmethod
+    def parse(cls, text: str) -> Registry:
+        """The registry a YAML text holds, validated; nothing is read or written (RegistryInvalid)."""
+        return validate(cls._body(cls._load(text)))
+
     # --- internals -----------------------------------------------------------------------
     @staticmethod
     def _load(text: str) -> CommentedMap:

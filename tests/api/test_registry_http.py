@@ -106,3 +106,22 @@ def test_invalid_edits_are_refused_with_the_field_named(api):
         typo = c.patch("/api/models/m1", json={"serv": True}, headers={"If-Match": f'"{base}"'})
         assert typo.status_code == 400 and "serv" in typo.json()["error"]["message"]
         assert revision(c) == base
+
+
+def test_a_package_source_this_install_lacks_is_refused_before_it_is_saved(api):
+    # Saved, it would stop the box at its next start (app.box.check_registry): refuse it here.
+    with api.client(api.admin) as c:
+        base = revision(c)
+        headers = {"If-Match": f'"{base}"'}
+        added = c.post("/api/models", json={"id": "gone", "source": "package:llmbox_no_such_package/model",
+                                            "task": "embed"}, headers=headers)
+        assert added.status_code == 400
+        error = added.json()["error"]
+        assert error["code"] == "source_not_installed"
+        assert "Python package 'llmbox_no_such_package' is not installed" in error["message"]
+        moved = c.patch("/api/models/m1", json={"source": "package:llmbox_no_such_package/model"}, headers=headers)
+        assert moved.status_code == 400 and moved.json()["error"]["code"] == "source_not_installed"
+        assert revision(c) == base
+        engine_env = c.patch("/api/models/m1", json={"engine": {"env": {"LD_PRELOAD": "/tmp/x.so"}}}, headers=headers)
+        assert engine_env.status_code == 400 and "'LD_PRELOAD' is not allowed" in engine_env.json()["error"]["message"]
+        assert revision(c) == base

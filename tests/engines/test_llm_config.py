@@ -82,6 +82,17 @@ def test_embedding_models_use_the_pooling_runner_and_extra_args_pass_through():
     assert "runner" not in llm_config_dict(entry(), GPU)["engine_kwargs"]
 
 
+def test_an_entrys_engine_env_reaches_its_engine_and_is_one_of_its_settings():
+    plain = llm_config_dict(entry(), GPU, Placement.on_gpus([0, 1], 10.0, 24.0, None))
+    nccl = llm_config_dict(entry(engine={"tensor_parallel_size": 2, "env": {"NCCL_P2P_DISABLE": 1}}), GPU,
+                           Placement.on_gpus([0, 1], 10.0, 24.0, None))
+    assert nccl["runtime_env"]["env_vars"]["NCCL_P2P_DISABLE"] == "1"
+    assert nccl["runtime_env"]["env_vars"]["CUDA_VISIBLE_DEVICES"] == "0,1"  # llmbox's own stay
+    assert "NCCL_P2P_DISABLE" not in plain["runtime_env"]["env_vars"]
+    assert config_key(llm_config_dict(entry(engine={"env": {"NCCL_DEBUG": "INFO"}}), GPU)) != \
+        config_key(llm_config_dict(entry(), GPU))  # a change reloads the model
+
+
 def test_cpu_hosts_get_a_cpu_placement_and_kv_cache_setting():
     config = llm_config_dict(entry(), CPU)
     assert config["placement_group_config"]["bundles"] == [{"CPU": 0.05}]

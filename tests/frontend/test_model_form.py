@@ -33,3 +33,12 @@ def test_unreadable_fields_are_named():
     _, errors = entry_from_form(form(idle_timeout_s="1.5", memory_gb="lots", engine_extra_args="nope"))
     assert errors == ["idle_timeout_s: '1.5' is not a whole number", "memory_gb: 'lots' is not a number",
                       'engine.extra_args: write a JSON object, e.g. {"trust_remote_code": true}']
+
+
+def test_engine_env_edits_key_by_key_like_extra_args():
+    current = {**ENTRY, "engine": {**ENTRY["engine"], "env": {"NCCL_P2P_DISABLE": "1", "NCCL_DEBUG": "INFO"}}}
+    entry, errors = entry_from_form(MultiDict({**form(), "engine_env": '{"NCCL_P2P_DISABLE": "0"}'}))
+    assert errors == []
+    assert changes(current, entry) == {"engine": {"env": {"NCCL_P2P_DISABLE": "0", "NCCL_DEBUG": None}}}
+    _, errors = entry_from_form(form(engine_env="[]"))
+    assert errors == ['engine.env: write a JSON object, e.g. {"NCCL_P2P_DISABLE": "1"}']

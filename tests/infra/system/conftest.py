@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -60,6 +61,21 @@ def run_ansible(argv: list[str]) -> subprocess.CompletedProcess:
     env = {**os.environ, "ANSIBLE_CALLBACK_RESULT_FORMAT": "json", "ANSIBLE_NOCOLOR": "1", "ANSIBLE_FORCE_COLOR": "0"}
     return subprocess.run([*argv, "-i", str(Path(INVENTORY_FILE).parent)], env=env, capture_output=True, text=True,
                           timeout=300)
+
+
+NVIDIA_UNIT = Path("/etc/systemd/system/llmbox-nvidia-devices.service")
+
+
+def nvidia_boot_command() -> list[str]:
+    """What systemd runs at boot to make the NVIDIA devices: the installed unit's ExecStart."""
+    lines = [line for line in NVIDIA_UNIT.read_text().splitlines() if line.startswith("ExecStart=")]
+    assert len(lines) == 1, f"{NVIDIA_UNIT} has {len(lines)} ExecStart lines"
+    return shlex.split(lines[0].removeprefix("ExecStart="))
+
+
+def nvidia_fragment(settings: dict) -> Path:
+    """The device fragment the boot script writes and the container's config includes."""
+    return Path(f"/var/lib/lxc/{settings['lxc_host_container_name']}/nvidia.conf")
 
 
 @pytest.fixture(scope="session")

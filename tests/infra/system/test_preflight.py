@@ -1,9 +1,11 @@
-"""The roles refuse clearly what cannot work: passthrough without NVIDIA devices, driver libraries
-without a driver. Each runs only the role's preflight tasks (nothing changes)."""
+"""The roles refuse clearly what cannot work: passthrough without a usable NVIDIA driver or GPU
+(scripts/gpu_preflight.sh, run against fake nvidia-smi scripts), driver libraries without a driver
+or for a driver too old. Each runs only the role's preflight tasks (nothing changes)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -20,18 +22,33 @@ def preflight(role: str, target: str, **settings) -> tuple[int, str]:
     return proc.returncode, proc.stdout + proc.stderr
 
 
-def test_lxc_host_refuses_passthrough_without_nvidia_devices(tmp_path):
-    rc, out = preflight("lxc_host", "lxc_hosts", lxc_host_gpu_passthrough=True, lxc_host_gpu_device_dir=str(tmp_path))
-    assert rc != 0 and "has no NVIDIA GPU device nodes" in out, out[-2000:]
+def fake_nvidia_smi(folder: Path, name: str, driver: str, compute_cap: str) -> str:
+    """An nvidia-smi that answers gpu_preflight.sh's queries for one GPU."""
+    path = folder / "nvidia-smi"
+    path.write_text("#!/bin/sh\ncase \"$*\" in\n"
+                    f"  *compute_cap*) echo '0, {name}, {driver}, {compute_cap}' ;;\n"
+                    f"  *driver_version*) echo '{driver}' ;;\n"
+                    "  *) exit 2 ;;\nesac\n")
+    path.chmod(0o755)
+    return str(path)
 
 
-def test_lxc_host_refuses_passthrough_without_nvidia_uvm(settings, tmp_path):
-    proc_devices = tmp_path / "devices"
-    proc_devices.write_text("Character devices:\n195 nvidia-frontend\n\nBlock devices:\n  8 sd\n")
+def test_lxc_host_refuses_passthrough_without_an_nvidia_driver(tmp_path):
     rc, out = preflight("lxc_host", "lxc_hosts", lxc_host_gpu_passthrough=True,
-                        lxc_host_gpu_device_dir=settings["lxc_host_gpu_device_dir"],
-                        lxc_host_gpu_proc_devices=str(proc_devices))
-    assert rc != 0 and "nvidia-uvm is not loaded" in out, out[-2000:]
+                        lxc_host_nvidia_smi=str(tmp_path / "nvidia-smi"))
+    assert rc != 0 and "nvidia-smi not found: install the NVIDIA driver" in out, out[-2000:]
+
+
+def test_lxc_host_refuses_a_driver_older_than_580(tmp_path):
+    smi = fake_nvidia_smi(tmp_path, "NVIDIA GeForce RTX 4090", "550.127.08", "8.9")
+    rc, out = preflight("lxc_host", "lxc_hosts", lxc_host_gpu_passthrough=True, lxc_host_nvidia_smi=smi)
+    assert rc != 0 and "NVIDIA driver 550.127.08 is too old" in out and "needs driver 580" in out, out[-2000:]
+
+
+def test_lxc_host_refuses_a_card_older_than_compute_capability_7_5(tmp_path):
+    smi = fake_nvidia_smi(tmp_path, "Tesla P40", "580.65.06", "6.1")
+    rc, out = preflight("lxc_host", "lxc_hosts", lxc_host_gpu_passthrough=True, lxc_host_nvidia_smi=smi)
+    assert rc != 0 and "GPU 0 Tesla P40 (compute capability 6.1) is older than" in out, out[-2000:]
 
 
 def test_lxc_host_preflight_passes_with_the_fake_devices(settings):
@@ -45,6 +62,18 @@ def test_nvidia_userspace_refuses_without_a_host_driver():
     # The fake nodes are visible inside, but no driver answers in /proc/driver/nvidia/version.
     rc, out = preflight("nvidia_userspace", "llmbox", nvidia_userspace_enabled=True)
     assert rc != 0 and "cannot tell the host's NVIDIA driver version" in out, out[-2000:]
+
+
+def test_nvidia_userspace_refuses_a_host_driver_older_than_580():
+    rc, out = preflight("nvidia_userspace", "llmbox", nvidia_userspace_enabled=True,
+                        nvidia_userspace_driver_version="550.127.08")
+    assert rc != 0 and "NVIDIA driver 550.127.08 is too old" in out and "needs driver 580" in out, out[-2000:]
+
+
+def test_nvidia_userspace_preflight_accepts_a_580_driver():
+    rc, out = preflight("nvidia_userspace", "llmbox", nvidia_userspace_enabled=True,
+                        nvidia_userspace_driver_version="580.65.06")
+    assert rc == 0, out[-2000:]
 
 
 def test_nvidia_userspace_refuses_without_the_devices():
