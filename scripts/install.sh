@@ -66,7 +66,7 @@ esac
 EXTRAS=$DEVICE
 [ "$DEV" = 1 ] && EXTRAS="$EXTRAS,dev"
 LOCK=$ROOT/scripts/constraints-$DEVICE.txt
-[ -f "$LOCK" ] || die "the lock $LOCK is missing (python3 scripts/lock.py write $DEVICE makes it)"
+[ -f "$LOCK" ] || die "the lock $LOCK is missing (.venv/bin/python scripts/lock.py write $DEVICE makes it)"
 
 if [ "$DEVICE" = gpu ]; then
   # Cheap, so it runs every time: a driver changed under an installed venv is what stops a box.

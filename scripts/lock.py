@@ -1,10 +1,11 @@
 """The lock files of the two install paths (pip constraints), and the check that an install obeys them.
 
-    python3 scripts/lock.py write cpu|gpu             resolve llmbox[KIND,dev] (pip --dry-run) and write
-                                                      scripts/constraints-KIND.txt
-    python3 scripts/lock.py check KIND --report FILE  every package of a pip --report is pinned by the lock
-    python3 scripts/lock.py check KIND --installed    same for the running interpreter's installed packages
-                                                      (run it with the venv's python)
+    .venv/bin/python scripts/lock.py write cpu|gpu             resolve llmbox[KIND,dev] (pip --dry-run)
+                                                               and write scripts/constraints-KIND.txt
+    .venv/bin/python scripts/lock.py check KIND --report FILE  every package of a pip --report is pinned
+    .venv/bin/python scripts/lock.py check KIND --installed    same for what that interpreter's venv holds
+
+Any Python with pip runs it (the venv's has one; Debian's python3 may not).
 
 One owner of the lock format: scripts/install.sh passes the file to pip (-c) and then runs
 ``check``. Versions are compared as public versions (PEP 440 ignores local labels, so pip itself
@@ -123,7 +124,7 @@ def write(kind: str) -> Path:
             shared.unlink()
     pip = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, text=True).stdout.split()[1]
     header = [
-        f"# llmbox's lock for {kind.upper()} hosts: llmbox[{kind},dev] as resolved by `python3 scripts/lock.py write {kind}`",
+        f"# llmbox's lock for {kind.upper()} hosts: llmbox[{kind},dev] as resolved by `.venv/bin/python scripts/lock.py write {kind}`",
         f"# on {datetime.date.today()} (pip {pip}, CPython {platform.python_version()}, {sys.platform} {platform.machine()}).",
         "# scripts/install.sh installs with `pip -c` of this file and then checks the venv against it.",
         "# Regenerate it (never edit by hand) when pyproject.toml changes: the CPU lock first, then the GPU one.",

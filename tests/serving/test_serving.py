@@ -155,8 +155,20 @@ def test_a_streaming_cold_request_gets_heartbeats_until_its_first_token(url):
     assert data[-1] == "data: [DONE]"
 
 
-def test_a_non_streaming_request_waits_a_bounded_time_then_gets_503_with_retry_after(url, strict_url):
-    # tiny-a and tiny-b fill the budget; tiny-a was used last, so tiny-b is the least valuable.
+def until_less_valuable(manager, model: str, than: str) -> None:
+    """Wait until ``model`` idles long enough to be worth less than ``than`` once ``than`` is used:
+    a model's value is its last load time per second idle (app/lifecycle/admission.py), and on a
+    busy 2-core machine one tiny model's load can take several times another's."""
+    views = {m["id"]: m for m in ray.get(manager.status.remote())["models"]}
+    ratio = views[model]["last_load_s"] / views[than]["last_load_s"]
+    idle_since = max(views[model]["last_used"] or 0, views[model]["since"])
+    # ``than`` used just before the next load is at most ~2 s idle then: 3x that leaves a margin.
+    time.sleep(max(0.0, idle_since + 3 * 2 * ratio - time.time()))
+
+
+def test_a_non_streaming_request_waits_a_bounded_time_then_gets_503_with_retry_after(url, strict_url, manager):
+    # tiny-a and tiny-b fill the budget; tiny-a is used last, so tiny-b is the least valuable.
+    until_less_valuable(manager, "tiny-b", than="tiny-a")
     httpx.post(f"{url}/v1/completions", json={"model": "tiny-a", "prompt": "x", "max_tokens": 1}, timeout=60)
     started = time.monotonic()
     response = httpx.post(f"{strict_url}/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
