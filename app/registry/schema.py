@@ -35,7 +35,9 @@ def check_revision(revision: str) -> str:
 # PyTorch and Triton, e.g. NCCL_P2P_DISABLE=1 for tensor parallel on consumer boards behind an IOMMU.
 # Nothing else: a variable such as LD_PRELOAD or PYTHONPATH would run code of the editor's choice.
 ENGINE_ENV_PREFIXES = ("NCCL_", "VLLM_", "CUDA_", "TORCH_", "PYTORCH_", "TRITON_", "OMP_", "TOKENIZERS_")
-# Set by llmbox itself from the placement and the host; an entry cannot change them.
+# Set for the engine by llmbox (app/engines/llm_config.py: from the placement and the host) or by
+# Ray/vLLM's own process setup; an entry cannot change them. tests/engines/test_llm_config.py checks
+# that every variable llm_config sets is refused here.
 ENGINE_ENV_OWNED = ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "VLLM_CACHE_ROOT", "VLLM_CPU_KVCACHE_SPACE",
                     "VLLM_NO_USAGE_STATS", "VLLM_HOST_IP", "VLLM_PORT")
 
@@ -48,7 +50,8 @@ def check_engine_env(env: dict[str, str]) -> dict[str, str]:
             raise ValueError(f"engine.env: {name!r} is not allowed: only variables starting with "
                              f"{', '.join(ENGINE_ENV_PREFIXES)} (upper case)")
         if name in ENGINE_ENV_OWNED:
-            raise ValueError(f"engine.env: {name} is set by llmbox (from the model's placement and the host)")
+            raise ValueError(f"engine.env: {name} is set by llmbox (from the model's placement and the host) "
+                             "or by Ray for the engine")
         if isinstance(value, bool):
             value = "1" if value else "0"
         if not isinstance(value, (str, int, float)) or "\x00" in str(value) or len(str(value)) > 1024:

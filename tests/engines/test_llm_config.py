@@ -93,6 +93,17 @@ def test_an_entrys_engine_env_reaches_its_engine_and_is_one_of_its_settings():
         config_key(llm_config_dict(entry(), GPU))  # a change reloads the model
 
 
+@pytest.mark.parametrize("host", ["cpu", "gpu"])
+def test_no_entry_can_override_a_variable_llmbox_sets_for_its_engine(host):
+    # The schema's list of llmbox's own variables (ENGINE_ENV_OWNED) must follow what llm_config sets.
+    from app.registry.schema import check_engine_env
+
+    engine_host, placement = (CPU, None) if host == "cpu" else (GPU, Placement.on_gpus([0], 4.0, 24.0, None))
+    for name, value in llm_config_dict(entry(), engine_host, placement)["runtime_env"]["env_vars"].items():
+        with pytest.raises(ValueError):
+            check_engine_env({name: value})
+
+
 def test_cpu_hosts_get_a_cpu_placement_and_kv_cache_setting():
     config = llm_config_dict(entry(), CPU)
     assert config["placement_group_config"]["bundles"] == [{"CPU": 0.05}]
