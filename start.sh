@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the box on this machine:  ./start.sh [start|stop|status|reconcile|token NAME [--scope read]]
+# Run the box on this machine:  ./start.sh [start|stop|status|reconcile|token NAME [--scope read]
+#                                          |key NAME [--scope inference,control] [--models a,b]]
 # `start` (the default) installs what is missing (scripts/install.sh), then starts what is not running.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -7,6 +7,7 @@ head) and leaves running parts alone, so running it twice never starts a second 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -23,7 +24,8 @@ from app.api.tokens import TokenFile
 from app import ray_head
 from app.lifecycle import actor
 from app.serving import deploy
-from app.settings import Settings, get_settings
+from app.serving.keys import KeyFile
+from app.settings import HF_TOKEN_VARIABLES, Settings, get_settings, without_secrets
 
 
 def say(message: str) -> None:
@@ -46,11 +48,19 @@ def check_registry(registry: Registry, path: Path) -> None:
         )
 
 
+def private_state_dir(settings: Settings) -> None:
+    """The state dir (logs, events naming tokens, download records, secrets) is this user's alone:
+    0700 (and main() sets umask 077, so what the box creates is 0600/0700)."""
+    settings.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if settings.state_dir.stat().st_mode & 0o077:
+        os.chmod(settings.state_dir, 0o700)
+
+
 def start(settings: Settings) -> None:
-    settings.check_exposure()
+    deploy.check_exposure(settings)
     check_usable(settings.device)
     device = detect_device(settings.device)
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    private_state_dir(settings)
     tiny = make_tiny_model(settings.models_dir / "tiny-chat")
     say(f"tiny chat model ready in {tiny}")
     store = RegistryStore(settings.registry_path, settings.registry_history_keep)
@@ -86,7 +96,9 @@ def start_api(settings: Settings) -> None:
         say(f"created the first admin token (shown once, stored hashed in {tokens.path}):")
         say(f"  {token}")
         say("  more: ./start.sh token NAME")
-    _start_service(settings, "api", "app.api", settings.api_port, "/api/health", "the management API")
+    # The API calls the hub, so it alone gets the HF token; neither service gets the :8000 keys.
+    _start_service(settings, "api", "app.api", settings.api_port, "/api/health", "the management API",
+                   keep=HF_TOKEN_VARIABLES)
 
 
 def ui_url(settings: Settings) -> str:
@@ -98,9 +110,12 @@ def start_ui(settings: Settings) -> None:
     _start_service(settings, "ui", "frontend", settings.ui_port, "/healthz", "the admin UI")
 
 
-def _start_service(settings: Settings, name: str, module: str, port: int, health_path: str, label: str) -> None:
+def _start_service(settings: Settings, name: str, module: str, port: int, health_path: str, label: str,
+                   keep: tuple[str, ...] = ()) -> None:
+    """Start a service with this environment less the secrets it does not use (all but ``keep``)."""
     url = f"http://{settings.host}:{port}"
-    if services.start(settings, name, module, services.local_url(settings, port) + health_path):
+    env = without_secrets(os.environ, keep)
+    if services.start(settings, name, module, services.local_url(settings, port) + health_path, env=env):
         say(f"started {label} on {url}")
     else:
         say(f"{label} already runs on {url}")
@@ -108,7 +123,7 @@ def _start_service(settings: Settings, name: str, module: str, port: int, health
 
 def deploy_only(settings: Settings) -> int:
     """Deploy the serving plane on a head started elsewhere (systemd: the ray-head unit)."""
-    settings.check_exposure()
+    deploy.check_exposure(settings)
     check_usable(settings.device)
     device = detect_device(settings.device)
     store = RegistryStore(settings.registry_path, settings.registry_history_keep)
@@ -143,6 +158,15 @@ def new_token(settings: Settings, name: str, scope: str) -> int:
     token = TokenFile(settings.admin_tokens_path).add(name, scope)
     say(f"token {name!r} ({scope}), shown once:")
     print(token)
+    return 0
+
+
+def new_key(settings: Settings, name: str, scopes: str, models: str) -> int:
+    """A :8000 key (stored hashed; counted by a running router at once)."""
+    key = KeyFile(settings.api_keys_path).add(name, scopes.split(","), [m for m in models.split(",") if m])
+    limited = f", models {models}" if models else ""
+    say(f":8000 key {name!r} ({scopes}{limited}), shown once:")
+    print(key)
     return 0
 
 
@@ -191,10 +215,15 @@ def _print_status(status: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./start.sh", description="Run the llmbox single-box quickstart.")
     parser.add_argument("command", nargs="?", default="start",
-                        choices=["start", "stop", "status", "reconcile", "token", "deploy"])
-    parser.add_argument("name", nargs="?", default="admin", help="token: the new token's name")
-    parser.add_argument("--scope", choices=["admin", "read"], default="admin", help="token: what it may do")
+                        choices=["start", "stop", "status", "reconcile", "token", "key", "deploy"])
+    parser.add_argument("name", nargs="?", default="admin", help="token, key: the new one's name")
+    parser.add_argument("--scope", help="token: admin (default) or read; key: inference (default), control, "
+                        "or inference,control")
+    parser.add_argument("--models", default="", help="key: only these models (comma-separated; default: all)")
     args = parser.parse_args(argv)
+    os.umask(0o077)  # the box's files (and its services' and Ray's, which inherit it) are this user's alone
+    if args.command == "token" and args.scope not in (None, "admin", "read"):
+        parser.error("token --scope: admin or read")
     settings = get_settings()
     try:
         if args.command == "start":
@@ -206,7 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "deploy":
             return deploy_only(settings)
         elif args.command == "token":
-            return new_token(settings, args.name, args.scope)
+            return new_token(settings, args.name, args.scope or "admin")
+        elif args.command == "key":
+            return new_key(settings, args.name, args.scope or "inference", args.models)
         else:
             return status(settings)
     except ConfigError as exc:

@@ -16,6 +16,7 @@ import math
 import os
 import secrets
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ import psutil
 from app.engines.llm_config import gpu_resource
 from app.gpu import nvml
 from app.gpu.footprint import GIB
-from app.settings import Settings
+from app.settings import Settings, without_secrets
 
 NAMESPACE = "llmbox"  # the Ray namespace of the box's own actors (the model manager)
 
@@ -42,6 +43,28 @@ def temp_dir(settings: Settings) -> Path:
         return preferred
     digest = hashlib.sha256(str(preferred).encode()).hexdigest()[:8]
     return Path(f"/tmp/llmbox-ray-{digest}")
+
+
+def make_temp_dir(settings: Settings) -> Path:
+    """Create Ray's temp dir 0700, or check the one that exists: ours, a real directory, 0700.
+
+    Its /tmp name is predictable, so another user could create it first and then own Ray's
+    sessions, sockets and logs: such a directory is refused, never used."""
+    path = temp_dir(settings)
+    try:
+        path.mkdir(mode=0o700, parents=False)
+    except FileExistsError:
+        pass
+    except FileNotFoundError:  # under a state dir that does not exist yet
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, exist_ok=True)
+    info = os.lstat(path)
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+        raise RuntimeError(f"Ray's temp dir {path} is not a directory of this user (uid {os.getuid()}): someone "
+                           "else may have created it; remove it, or set LLMBOX_STATE_DIR to a shorter path")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return path
 
 
 def address(settings: Settings) -> str:
@@ -76,8 +99,10 @@ def ray_variables(settings: Settings) -> dict[str, str]:
 
 
 def environment(settings: Settings) -> dict[str, str]:
-    """Environment for `ray start`: ours plus this box's Ray variables."""
-    return {**os.environ, **ray_variables(settings)}
+    """Environment for `ray start`: ours without the box's secrets (every Ray worker and engine,
+    remote code included, inherits it; none of them needs a key or the HF token: engines run
+    offline, the router gets key hashes), plus this box's Ray variables."""
+    return {**without_secrets(os.environ), **ray_variables(settings)}
 
 
 def _ours(settings: Settings) -> list[psutil.Process]:
@@ -139,6 +164,7 @@ def start(settings: Settings) -> bool:
     """Start the head unless it runs; returns True if it was started now."""
     if is_running(settings):
         return False
+    make_temp_dir(settings)
     cmd = command(settings)
     result = subprocess.run(cmd, env=environment(settings), capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
@@ -198,6 +224,7 @@ def main() -> None:
 
     settings = get_settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
+    make_temp_dir(settings)
     cmd = command(settings, block=True)
     os.execve(cmd[0], cmd, environment(settings))
 

@@ -7,6 +7,7 @@ Every path and port is settable. Relative paths are taken relative to the checko
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -45,11 +46,20 @@ class Settings(BaseSettings):
     ray_port: int = Field(6379, ge=1, le=65535, description="Ray head (GCS) port.")
     ray_dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard, always on loopback.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs Ray may schedule on (default: all).")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host names the servers answer besides IP addresses, localhost, LLMBOX_HOST and this machine's "
+        "name (comma-separated; '*' = any, e.g. behind a proxy that checks the name). Blocks DNS rebinding.",
+    )
 
     # --- auth ----------------------------------------------------------------------------------
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
-        description="Bearer keys accepted on :8000 (comma-separated in the environment). Empty = no auth.",
+        description="Bearer keys accepted on :8000 for inference (comma-separated in the environment); "
+        "prefer ./start.sh key, which stores keys hashed and can give the control scope.",
+    )
+    api_keys_path: Path | None = Field(
+        None, description="Hashed :8000 keys with scopes (./start.sh key NAME); default: <state_dir>/api-keys."
     )
     admin_tokens_path: Path | None = Field(
         None,
@@ -75,11 +85,22 @@ class Settings(BaseSettings):
         30.0, ge=0, description="How long a non-streaming request waits for a loading model before a 503."
     )
     load_timeout_s: float = Field(600.0, gt=0, description="A model load that takes longer fails (FAILED).")
+    request_timeout_s: float = Field(
+        900.0, gt=0, description="Deadline of one :8000 request, waiting for a load included: then 504 (or an "
+        "error event and the end of the stream) and the generation is cancelled."
+    )
+    max_concurrent_requests: int = Field(
+        512, ge=1, description=":8000 requests in flight at once (a stream counts until it ends); more get 503."
+    )
+    max_n: int = Field(16, ge=1, description="Largest 'n' (choices per request) :8000 accepts.")
+    max_tokens_limit: int = Field(
+        65536, ge=1, description="Largest 'max_tokens' / 'max_completion_tokens' :8000 accepts."
+    )
     cpu_memory_budget_gb: float | None = Field(
         None, gt=0, description="On hosts without a GPU: memory that loaded engines may use (default: 75% of RAM)."
     )
 
-    @field_validator("api_keys", mode="before")
+    @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:
         # Environment variables hold one string; accept "key1,key2".
@@ -91,12 +112,14 @@ class Settings(BaseSettings):
     def _resolve_paths(self) -> Settings:
         root = self.root_dir.resolve()
         self.root_dir = root
-        for name in ("state_dir", "models_dir", "registry_path", "admin_tokens_path"):
+        for name in ("state_dir", "models_dir", "registry_path", "admin_tokens_path", "api_keys_path"):
             path = getattr(self, name)
             if path is not None:
                 setattr(self, name, path if path.is_absolute() else root / path)
         if self.admin_tokens_path is None:
             self.admin_tokens_path = self.state_dir / "admin-tokens"
+        if self.api_keys_path is None:
+            self.api_keys_path = self.state_dir / "api-keys"
         return self
 
     @property
@@ -109,14 +132,14 @@ class Settings(BaseSettings):
         except ValueError:  # a host name other than localhost: assume it is reachable
             return True
 
-    def check_exposure(self) -> None:
-        """Refuse to serve beyond loopback without authentication (no open write path)."""
-        if self.binds_beyond_loopback and not self.api_keys:
+    def check_exposure(self, file_keys: int = 0) -> None:
+        """Refuse to serve beyond loopback without authentication (no open write path);
+        ``file_keys``: inference keys in ``api_keys_path`` (app/serving/keys.py counts them)."""
+        if self.binds_beyond_loopback and not self.api_keys and not file_keys:
             raise ValueError(
                 f"LLMBOX_HOST={self.host} is reachable beyond this machine but no API keys are set: "
-                "set LLMBOX_API_KEYS (comma-separated) or bind 127.0.0.1"
+                "create one with ./start.sh key NAME (or set LLMBOX_API_KEYS), or bind 127.0.0.1"
             )
-
 
     def check_api_exposure(self, token_count: int) -> None:
         """The management API and UI refuse to listen beyond loopback without a token configured."""
@@ -126,6 +149,20 @@ class Settings(BaseSettings):
                 f"exists in {self.admin_tokens_path}: create one with `python -m app.api.tokens add admin` "
                 "or bind 127.0.0.1"
             )
+
+
+# The secrets a box process may find in its environment, and the processes that use each: the :8000
+# keys only the driver that deploys the router (it hands the router their hashes), the Hugging Face
+# token only the management API (hub calls). Everything else (Ray and its engines, the UI, the
+# download child) is started without them: see without_secrets.
+API_KEY_VARIABLES = ("LLMBOX_API_KEYS",)
+HF_TOKEN_VARIABLES = ("LLMBOX_HF_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+SECRET_VARIABLES = API_KEY_VARIABLES + HF_TOKEN_VARIABLES
+
+
+def without_secrets(env: Mapping[str, str], keep: tuple[str, ...] = ()) -> dict[str, str]:
+    """``env`` less every secret variable but those in ``keep``."""
+    return {k: v for k, v in env.items() if k not in SECRET_VARIABLES or k in keep}
 
 
 @lru_cache

@@ -19,6 +19,7 @@ from pathlib import Path
 import httpx
 import ray
 
+from app.devtools.sandbox import control
 from bench.common import box, median, table, tiny_box_entries, vllm_serve
 from app.lifecycle import actor
 from app import ray_head
@@ -66,7 +67,7 @@ def main() -> None:
         url = f"http://127.0.0.1:{settings.serve_port}"
         for model in ids:
             ours.append(llmbox_cold(url, settings, model))
-            httpx.post(f"{url}/models/unload", json={"model": model}, timeout=120)
+            httpx.post(f"{url}/models/unload", json={"model": model}, headers=control(settings), timeout=120)
         for _ in range(args.runs):
             started = time.time()
             with vllm_serve(settings.models_dir / "tiny", settings.state_dir / "vllm-cache") as (bare, healthy_s):

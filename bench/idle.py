@@ -34,9 +34,9 @@ def view(model: str) -> dict:
     return {m["id"]: m for m in ray.get(actor.handle().status.remote())["models"]}[model]
 
 
-def one_run(url: str, model: str, timeout_s: int) -> dict[str, float]:
+def one_run(url: str, model: str, timeout_s: int, settings) -> dict[str, float]:
     before = available_gb()
-    ensure_ready(url, model)
+    ensure_ready(url, model, settings)
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
     httpx.post(f"{url}/v1/chat/completions", json=body, timeout=120).raise_for_status()
     loaded = available_gb()
@@ -57,7 +57,7 @@ def main() -> None:
     entries = EMBED_ENTRY + tiny_entry("idle", Path("{tiny}"), idle_timeout_s=args.timeout)
     with box(base, entries) as settings:
         url = f"http://127.0.0.1:{settings.serve_port}"
-        runs = [one_run(url, "idle", args.timeout) for _ in range(args.runs)]
+        runs = [one_run(url, "idle", args.timeout, settings) for _ in range(args.runs)]
     print(f"\nIdle unload, tiny model, idle_timeout_s={args.timeout}, {args.runs} runs")
     rows = [[i + 1, f"{r['late_s']:.2f}", f"{r['measured_gb']:.2f}", f"{r['taken_gb']:.2f}", f"{r['returned_gb']:.2f}"]
             for i, r in enumerate(runs)]

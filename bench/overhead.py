@@ -89,7 +89,7 @@ def main() -> None:
     base = Path(tempfile.mkdtemp(prefix="lbb", dir="/tmp"))
     with box(base, tiny_box_entries("tiny")) as settings:
         llmbox = f"http://127.0.0.1:{settings.serve_port}"
-        ensure_ready(llmbox, "tiny")
+        ensure_ready(llmbox, "tiny", settings)
         with vllm_serve(settings.models_dir / "tiny", settings.state_dir / "vllm-cache") as (bare, _):
             sides = {"llmbox": (llmbox, "tiny"), "vllm": (bare, "bare")}
             rows = []

@@ -8,13 +8,15 @@ from __future__ import annotations
 import logging
 from datetime import timedelta
 
-from flask import Flask, flash, g, redirect, render_template, request, session, url_for
+from flask import Flask, current_app, flash, g, redirect, render_template, request, session, url_for
 from werkzeug.exceptions import HTTPException
 
+from app.web import hosts
 from frontend import auth, dashboard, downloads, events, format, history, hub, models
 from frontend.api_client import ApiError, new_pool
 
 log = logging.getLogger("llmbox.ui")
+MAX_BODY_BYTES = 1024 * 1024  # the UI's forms are small; waitress alone would take 1 GiB, spooled to disk
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'; object-src 'none'")
 
@@ -26,6 +28,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config.from_mapping(
         SESSION_COOKIE_NAME="llmbox_ui", SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=timedelta(seconds=auth.IDLE_TIMEOUT_S), REFRESH_MS=3000,
+        MAX_CONTENT_LENGTH=MAX_BODY_BYTES, MAX_FORM_MEMORY_SIZE=MAX_BODY_BYTES,
     )
     if test_config is None:
         from app.settings import get_settings
@@ -34,9 +37,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         app.config.from_mapping(from_settings(get_settings()))
     else:
         app.config.from_mapping(test_config)
+    app.config.setdefault("ALLOWED_HOSTS", frozenset())
     app.extensions["llmbox_api"] = new_pool(app.config["API_URL"], app.config.get("API_TRANSPORT"))
     app.extensions["llmbox_logins"] = auth.Logins()
 
+    app.before_request(_check_host)
     app.before_request(auth.check_request)
     app.after_request(_headers)
     app.jinja_env.globals.update(csrf_token=auth.csrf_token)
@@ -51,6 +56,15 @@ def create_app(test_config: dict | None = None) -> Flask:
         return {"status": "ok"}
 
     return app
+
+
+def _check_host():
+    """Only Host names this box answers (app/web/hosts.py): a rebinding page gets 421, before login."""
+    header = request.headers.get("Host")
+    if header is None or not hosts.is_allowed(header, current_app.config["ALLOWED_HOSTS"]):
+        status, payload = hosts.refusal(header)
+        return payload["error"]["message"], status, {"Content-Type": "text/plain; charset=utf-8"}
+    return None
 
 
 def _headers(response):

@@ -13,7 +13,7 @@ from waitress import serve
 
 from app.api.tokens import exposure_refused
 from app.settings import get_settings
-from frontend import create_app
+from frontend import MAX_BODY_BYTES, create_app
 
 
 def main() -> int:
@@ -24,7 +24,8 @@ def main() -> int:
     app = create_app()
     logging.getLogger("llmbox.ui").info("admin UI on http://%s:%d (management API %s)", settings.host,
                                         settings.ui_port, app.config["API_URL"])
-    serve(app, host=settings.host, port=settings.ui_port, threads=8, ident="llmbox-ui")
+    serve(app, host=settings.host, port=settings.ui_port, threads=8, ident="llmbox-ui",
+          max_request_body_size=MAX_BODY_BYTES)
     return 0
 
 

@@ -12,6 +12,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 from flask import (Blueprint, abort, current_app, flash, g, redirect, render_template, request, session,
                    url_for)
@@ -98,8 +99,12 @@ def safe_next(target: str | None, default: str | None = None) -> str:
     """Only paths on this site (no open redirects)."""
     if target and request.host_url and target.startswith(request.host_url):
         target = "/" + target[len(request.host_url):]
-    if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
-        return target
+    # Browsers drop TAB, CR and LF inside a URL ("/\t/evil.com" becomes "//evil.com"): refuse any
+    # control character, then ask urllib that nothing names another site.
+    if target and target.startswith("/") and not any(ord(c) < 0x20 or ord(c) == 0x7f for c in target):
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and not target.startswith("//") and "\\" not in target:
+            return target
     return default or url_for("dashboard.index")
 
 

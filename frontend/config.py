@@ -4,6 +4,7 @@
   address means this machine) and ``LLMBOX_API_PORT``.
 - ``SECRET_KEY``: signs the session cookie; generated once into ``<state_dir>/ui-secret``
   (mode 0600) so sessions survive a restart and no default secret exists.
+- ``ALLOWED_HOSTS``: the Host names it answers (app/web/hosts.py; blocks DNS rebinding).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import secrets
 from pathlib import Path
 
 from app.services import local_url
+from app.web.hosts import allowed_names
 from app.settings import Settings
 
 
@@ -40,4 +42,5 @@ def secret_key(state_dir: Path) -> str:
 
 def from_settings(settings: Settings) -> dict:
     """Flask config for these settings."""
-    return {"API_URL": api_url(settings), "SECRET_KEY": secret_key(settings.state_dir)}
+    return {"API_URL": api_url(settings), "SECRET_KEY": secret_key(settings.state_dir),
+            "ALLOWED_HOSTS": allowed_names(settings.host, settings.allowed_hosts)}

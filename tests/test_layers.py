@@ -11,7 +11,7 @@ from tests.conftest import ROOT
 
 # Lower first. A module may import its own package and any package listed before it.
 LAYERS = [
-    {"app.settings", "app.openai_errors", "app.events"},
+    {"app.settings", "app.openai_errors", "app.events", "app.credentials", "app.web"},
     {"app.registry"},
     {"app.gpu", "app.hub"},
     {"app.engines", "app.ray_head"},

@@ -7,11 +7,12 @@ import importlib
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse
 
 from app.api import errors
 from app.api.deps import authorize
 from app.api.errors import ApiError
-from app.api.limits import BodyLimit
 from app.api.registry_watch import RegistryWatch
 from app.api.routes import downloads, events, gpu, hub, models, registry, serving
 from app.api.serving_client import ServingClient
@@ -19,6 +20,8 @@ from app.events import EventLog
 from app.hub.downloads import DownloadManager
 from app.registry.store import RegistryStore
 from app.settings import Settings
+from app.web.hosts import AllowedHosts, allowed_names
+from app.web.limits import BodyLimit
 
 MAX_BODY_BYTES = 1024 * 1024
 
@@ -41,8 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
         await warm
         state.downloads.shutdown()
 
+    # The docs routes are FastAPI's own, which skip the app's dependencies: they are added below as
+    # ordinary routes, so they need a token beyond loopback like every other read.
     app = FastAPI(title="llmbox management API", version="1", lifespan=lifespan, dependencies=[Depends(authorize)],
-                  description="Registry, serving control, GPU status, Hugging Face browse and downloads, events.")
+                  description="Registry, serving control, GPU status, Hugging Face browse and downloads, events.",
+                  docs_url=None, redoc_url=None, openapi_url=None)
     app.state.settings = settings
     app.state.store = RegistryStore(settings.registry_path, settings.registry_history_keep)
     app.state.serving = ServingClient(settings)
@@ -56,6 +62,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.registry_watch = RegistryWatch(app.state.store, app.state.downloads, app.state.events)
     errors.install(app)
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(AllowedHosts, names=allowed_names(settings.host, settings.allowed_hosts))  # outermost
     for module in (models, registry, serving, gpu, hub, downloads, events):
         app.include_router(module.router)
 
@@ -71,5 +78,17 @@ def create_app(settings: Settings) -> FastAPI:
         if principal is None:
             raise ApiError(401, "missing_token", "send 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"})
         return {"name": principal.name, "scope": principal.scope}
+
+    @app.get("/openapi.json", include_in_schema=False)
+    def openapi() -> dict:
+        return app.openapi()
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title=f"{app.title} - docs")
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(openapi_url="/openapi.json", title=f"{app.title} - ReDoc")
 
     return app

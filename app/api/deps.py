@@ -77,17 +77,26 @@ def _principal(request: Request) -> Principal | None:
 
 OPEN_PATHS = {"/api/health"}
 READ_METHODS = {"GET", "HEAD", "OPTIONS"}
+# Reads that need a token even on loopback: hub calls run with the box's Hugging Face token (and
+# list its private repos), so no page the user opens may trigger them with an <img> tag.
+TOKEN_PATHS = ("/api/hub/",)
+
+
+def needs_token(request: Request) -> bool:
+    """Whether a read needs a token: beyond loopback always, on loopback for TOKEN_PATHS."""
+    return request.app.state.settings.binds_beyond_loopback or request.url.path.startswith(TOKEN_PATHS)
 
 
 def authorize(request: Request) -> None:
-    """Runs before every route: reads are open on loopback (a token is needed beyond it); every
-    write needs a token with the admin scope wherever the API listens. Sets ``request.state.principal``."""
+    """Runs before every route: reads are open on loopback but for the hub's (a token is needed
+    beyond it); every write needs a token with the admin scope wherever the API listens. Sets
+    ``request.state.principal``."""
     principal = _principal(request)
     request.state.principal = principal
     if request.url.path in OPEN_PATHS:
         return
     if request.method in READ_METHODS:
-        if principal is None and request.app.state.settings.binds_beyond_loopback:
+        if principal is None and needs_token(request):
             raise ApiError(401, "missing_token", "this API needs 'Authorization: Bearer <token>'",
                            {"WWW-Authenticate": "Bearer"})
         return

@@ -1,9 +1,7 @@
-"""Bearer tokens for the management API, stored hashed (never the token itself).
+"""Bearer tokens of the management API and the admin UI, stored hashed (app/credentials.py).
 
-The token file (``LLMBOX_ADMIN_TOKENS_PATH``, default ``var/admin-tokens``, mode 0600) holds one
-line per token: ``<name> <scope> sha256:<hex>``. Scope ``admin`` may write; ``read`` may only
-read. Tokens are 32 random bytes, so a plain SHA-256 is enough (no password stretching needed);
-comparison is constant-time.
+The token file (``LLMBOX_ADMIN_TOKENS_PATH``, default ``var/admin-tokens``, mode 0600): scope
+``admin`` may write; ``read`` may only read.
 
     python -m app.api.tokens add NAME [--scope admin|read]   prints the new token once
     python -m app.api.tokens list | remove NAME
@@ -11,100 +9,36 @@ comparison is constant-time.
 
 from __future__ import annotations
 
-import argparse
-import fcntl
-import hashlib
-import hmac
-import os
-import re
-import secrets
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
+from app.credentials import Credential, CredentialFile, cli, hash_secret
+
 SCOPES = ("admin", "read")
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+hash_token = hash_secret
 
 
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: the token's name (recorded in events) and what it may do."""
-
-    name: str
-    scope: str
+class Principal(Credential):
+    """A management API caller."""
 
     @property
     def can_write(self) -> bool:
-        return self.scope == "admin"
+        return "admin" in self.scopes
 
 
-def hash_token(token: str) -> str:
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-
-
-class TokenFile:
-    """Read, add and remove hashed tokens."""
-
+class TokenFile(CredentialFile):
     def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    # Parsed files by path, with the (inode, mtime, size) they were read at: every API request checks a
-    # token, and the file changes only when a token is added or removed.
-    _parsed: dict[Path, tuple[tuple[int, int, int], list[tuple[str, str, str]]]] = {}
-
-    def entries(self) -> list[tuple[str, str, str]]:
-        """(name, scope, hash) of every token; a missing file means none."""
-        try:
-            stat = self.path.stat()
-        except FileNotFoundError:
-            return []
-        version = (stat.st_ino, stat.st_mtime_ns, stat.st_size)  # a rewrite is a new file (rename)
-        cached = self._parsed.get(self.path)
-        if cached and cached[0] == version:
-            return list(cached[1])
-        rows = []
-        for line in self.path.read_text().splitlines():
-            parts = line.split()
-            if len(parts) == 3 and not line.startswith("#") and parts[1] in SCOPES:
-                rows.append((parts[0], parts[1], parts[2]))
-        self._parsed[self.path] = (version, rows)
-        return list(rows)
+        super().__init__(path, SCOPES, "llmbox_", "llmbox management API tokens")
 
     def verify(self, token: str) -> Principal | None:
-        """The principal this token belongs to, or None."""
-        digest = hash_token(token)
-        found = None
-        for name, scope, stored in self.entries():
-            if hmac.compare_digest(digest, stored):  # check all, so timing says nothing
-                found = Principal(name, scope)
-        return found
+        found = super().verify(token)
+        return None if found is None else Principal(found.name, found.scopes)
 
-    def add(self, name: str, scope: str = "admin") -> str:
-        """Create a token; returns it (the only time it exists in clear)."""
-        if not NAME_PATTERN.fullmatch(name):
-            raise ValueError(f"token name {name!r}: use letters, digits, '.', '_', '@', '-'")
-        if scope not in SCOPES:
-            raise ValueError(f"scope {scope!r}: expected one of {', '.join(SCOPES)}")
-        token = "llmbox_" + secrets.token_urlsafe(32)
-        self._rewrite(lambda rows: [r for r in rows if r[0] != name] + [(name, scope, hash_token(token))])
-        return token
-
-    def remove(self, name: str) -> bool:
-        before = len(self.entries())
-        self._rewrite(lambda rows: [r for r in rows if r[0] != name])
-        return len(self.entries()) < before
-
-    def _rewrite(self, change) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path.with_name(f".{self.path.name}.lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            rows = change(self.entries())
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                handle.write("# llmbox management API tokens: name scope hash (see app/api/tokens.py)\n")
-                handle.writelines(f"{n} {s} {h}\n" for n, s, h in rows)
-            os.replace(tmp, self.path)
+    def add(self, name: str, scope: str | list[str] = "admin", models=()) -> str:  # one scope each: admin or read
+        scopes = [scope] if isinstance(scope, str) else scope
+        if len(scopes) != 1 or models:
+            raise ValueError("a management token has one scope, admin or read, and no model list")
+        return super().add(name, scopes)
 
 
 def exposure_refused(settings, label: str) -> bool:
@@ -121,25 +55,8 @@ def exposure_refused(settings, label: str) -> bool:
 def main(argv: list[str] | None = None) -> int:
     from app.settings import get_settings
 
-    parser = argparse.ArgumentParser(prog="python -m app.api.tokens", description="Manage API tokens.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add = sub.add_parser("add", help="create a token and print it once")
-    add.add_argument("name")
-    add.add_argument("--scope", choices=SCOPES, default="admin")
-    sub.add_parser("list", help="names and scopes (tokens are not stored)")
-    remove = sub.add_parser("remove", help="revoke a token")
-    remove.add_argument("name")
-    args = parser.parse_args(argv)
-    tokens = TokenFile(get_settings().admin_tokens_path)
-    if args.command == "add":
-        print(tokens.add(args.name, args.scope))
-    elif args.command == "list":
-        for name, scope, _ in tokens.entries():
-            print(f"{name}\t{scope}")
-    elif not tokens.remove(args.name):
-        print(f"no token named {args.name!r}", file=sys.stderr)
-        return 1
-    return 0
+    return cli(argv, "python -m app.api.tokens", "management API tokens", TokenFile(get_settings().admin_tokens_path),
+               "admin or read", "admin", with_models=False)
 
 
 if __name__ == "__main__":

@@ -56,11 +56,25 @@ def wait_for(predicate: Callable[[], T], timeout_s: float, what: str, every_s: f
         time.sleep(every_s)
 
 
-def ensure_ready(url: str, model: str, timeout_s: float = 600) -> None:
+_control_keys: dict[Path, str] = {}
+
+
+def control(settings: Settings) -> dict[str, str]:
+    """Headers with a :8000 key of the control scope for this box (made once per process), which
+    /models/load and /models/unload need even on loopback."""
+    from app.serving.keys import KeyFile
+
+    path = settings.api_keys_path
+    if path not in _control_keys:
+        _control_keys[path] = KeyFile(path).add("tests-control", ["control"])
+    return {"Authorization": f"Bearer {_control_keys[path]}"}
+
+
+def ensure_ready(url: str, model: str, settings: Settings, timeout_s: float = 600) -> None:
     """Load a model through the llama.cpp-style endpoint of a running box and wait until ready."""
     import httpx
 
-    httpx.post(f"{url}/models/load", json={"model": model}, timeout=60).raise_for_status()
+    httpx.post(f"{url}/models/load", json={"model": model}, headers=control(settings), timeout=60).raise_for_status()
 
     def ready() -> bool:
         states = {m["id"]: m["state"] for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}

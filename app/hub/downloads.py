@@ -40,7 +40,7 @@ from app.hub import paths
 from app.hub.errors import BadRepoId, DownloadError, NotEnoughDisk, translate
 from app.hub.fetch import incomplete_path
 from app.hub.repo_files import check_filename, select_files
-from app.settings import PROJECT_ROOT
+from app.settings import PROJECT_ROOT, without_secrets
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +299,8 @@ class DownloadManager:
     def _spawn(self, record: dict) -> None:
         partial = paths.partial_dir(self.models_dir, record["repo_id"], record["revision"])
         partial.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        # Without the secrets of this process: the token travels only through the stdin pipe below.
+        env = {**without_secrets(os.environ), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                # fetch uses plain HTTP (http_get) so that files resume from our .incomplete files;
                # Xet transfers would bypass them (and the test stand-in does not speak Xet).
                "HF_HUB_DISABLE_XET": "1",

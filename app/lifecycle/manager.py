@@ -251,10 +251,12 @@ class ModelManager(Loading, Unloading, Watching):
         self._start_load(rt)  # while it drains: queued behind the unload, it loads it again
         return {**self._answer(Outcome.PENDING, rt), "ticket": ticket}
 
-    async def wait(self, model_id: str, timeout_s: float, queued_at: float) -> dict[str, Any]:
+    async def wait(self, model_id: str, timeout_s: float, queued_at: float | None = None) -> dict[str, Any]:
         """Wait until the model is no longer pending (or ``timeout_s``); returns the outcome then.
 
         ``queued_at`` is when the waiting request arrived: its queue wait is recorded once ready.
+        A router's wait shared by several requests passes None, and each of them reports its own
+        (``waited``).
         """
         rt = self.models.get(model_id)
         if rt is None:
@@ -271,13 +273,19 @@ class ModelManager(Loading, Unloading, Watching):
         if not rt.entry.serve:
             return self._answer(Outcome.NOT_SERVED, rt)
         if rt.state == State.READY and not rt.draining:
-            self.counters.observe(self.counters.queue_wait, model_id, self.clock() - queued_at)
+            if queued_at is not None:
+                self.counters.observe(self.counters.queue_wait, model_id, self.clock() - queued_at)
             return {**self._answer(Outcome.READY, rt), "lease": rt.lease}
         if rt.pending() or rt.draining:
             return self._answer(Outcome.PENDING, rt)
         if rt.state == State.FAILED:
             return self._answer(Outcome.FAILED, rt)
         return self._answer(Outcome.REFUSED if rt.refused else Outcome.PENDING, rt)
+
+    async def waited(self, model_id: str, seconds: float) -> None:
+        """A request that waited for this model (through a shared wait) is being served now."""
+        if model_id in self.models:
+            self.counters.observe(self.counters.queue_wait, model_id, seconds)
 
     async def release(self, model_id: str, ticket: int | None = None) -> None:
         """A request counted in by ``acquire`` has finished (or given up)."""

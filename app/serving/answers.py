@@ -162,3 +162,20 @@ def named_errors(model_id: str, text: str) -> str:
                 pass
         out.append(event)
     return "\n\n".join(out)
+
+
+def _deadline_message(model_id: str, timeout_s: float) -> str:
+    return (f"model {model_id!r} did not finish within the request deadline of {timeout_s:g} s "
+            "(LLMBOX_REQUEST_TIMEOUT_S): the request was cancelled")
+
+
+def deadline(model_id: str, timeout_s: float) -> JSONResponse:
+    return error(504, _deadline_message(model_id, timeout_s), "server_error", "request_timeout")
+
+
+def deadline_event(model_id: str, timeout_s: float) -> str:
+    return sse(body(_deadline_message(model_id, timeout_s), "server_error", "request_timeout"))
+
+
+def model_not_allowed(key_name: str, model_id: str) -> JSONResponse:
+    return error(403, f"key {key_name!r} may not use model {model_id!r}", "permission_error", "model_not_allowed")

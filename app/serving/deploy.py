@@ -15,8 +15,9 @@ from app import ray_head
 from app.lifecycle import actor
 from app.lifecycle.runtime import ManagerConfig
 from app.serving import router
-from app.serving.keys import hash_key
+from app.serving.keys import hash_key, inference_keys
 from app.settings import Settings
+from app.web.hosts import allowed_names
 
 ROUTER_APP = "router"
 
@@ -37,13 +38,23 @@ def manager_config(settings: Settings) -> ManagerConfig:
 
 def router_config(settings: Settings) -> router.RouterConfig:
     keys = sorted(hash_key(k.get_secret_value()) for k in settings.api_keys)
-    return router.RouterConfig(host=settings.host, port=settings.serve_port, api_key_hashes=tuple(keys),
-                               load_wait_s=settings.load_wait_s)
+    return router.RouterConfig(
+        host=settings.host, port=settings.serve_port, api_key_hashes=tuple(keys),
+        keys_path=str(settings.api_keys_path), keys_required=settings.binds_beyond_loopback,
+        allowed_hosts=allowed_names(settings.host, settings.allowed_hosts), load_wait_s=settings.load_wait_s,
+        request_timeout_s=settings.request_timeout_s, max_in_flight=settings.max_concurrent_requests,
+        max_n=settings.max_n, max_tokens=settings.max_tokens_limit,
+    )
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to serve :8000 beyond loopback without any inference key (LLMBOX_API_KEYS or the key file)."""
+    settings.check_exposure(inference_keys(settings.api_keys_path))
 
 
 def up(settings: Settings) -> dict:
     """Start Serve, the manager (which loads always-on models) and the router; returns the status."""
-    settings.check_exposure()
+    check_exposure(settings)
     ray_head.connect(settings)
     # No Serve proxy (and so no proxy route for the router): the router's replica listens on
     # serve_port itself, one hop less per request.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 
 import uvicorn
@@ -35,19 +36,33 @@ class _AfterInit:
         await self.app(scope, receive, send)
 
 
-async def listen(app, host: str, port: int) -> _Listener:
-    """Serve ``app`` on host:port from this process; returns once it accepts connections."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # A replacement replica may start before this one has finished draining: let both bind.
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise RuntimeError(f"the router cannot listen on {host}:{port}: {exc.strerror}") from None
+# How long a new router replica waits for the port while the one it replaces closes its socket (Serve
+# may start the replacement first; a stopping uvicorn closes its listening socket at once).
+BIND_WAIT_S = 15.0
+
+
+async def listen(app, host: str, port: int, max_connections: int | None = None) -> _Listener:
+    """Serve ``app`` on host:port from this process; returns once it accepts connections.
+
+    No SO_REUSEPORT: with it, any process of the same user could bind :8000 too and silently take
+    part of its traffic (it happened here with a stray Serve proxy). A port that stays taken for
+    BIND_WAIT_S is an error naming the port. ``max_connections``: uvicorn answers 503 beyond it
+    (a backstop for idle keep-alive connections; requests are capped by InFlightLimit)."""
+    deadline = asyncio.get_running_loop().time() + BIND_WAIT_S
+    while True:
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT only; no sharing
+        try:
+            sock.bind((host, port))
+            break
+        except OSError as exc:
+            sock.close()
+            if exc.errno != errno.EADDRINUSE or asyncio.get_running_loop().time() > deadline:
+                raise RuntimeError(f"the router cannot listen on {host}:{port}: {exc.strerror} (another "
+                                   "program listens there: stop it, or set LLMBOX_SERVE_PORT)") from None
+            await asyncio.sleep(0.25)
     server = _Listener(uvicorn.Config(_AfterInit(app), lifespan="off", access_log=False, log_config=None,
-                                      loop="none"))
+                                      loop="none", limit_concurrency=max_connections))
     serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
         if serving.done():

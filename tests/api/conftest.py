@@ -94,7 +94,7 @@ def running_api(base: Path, hub_url: str, *, overrides: dict | None = None, serv
         with serving(app, config.api_port) as url, httpx.Client(base_url=url, timeout=30) as http:
             yield Api(base, config, admin, reader, http)
     else:
-        with TestClient(app) as http:
+        with TestClient(app, base_url="http://127.0.0.1") as http:
             yield Api(base, config, admin, reader, http)
 
 

@@ -42,7 +42,7 @@ def test_beyond_loopback_reads_need_a_token_too(tmp_path):
     settings = Settings(host="0.0.0.0", state_dir=tmp_path / "var", models_dir=tmp_path / "models",
                         registry_path=tmp_path / "models.yml", hf_endpoint=f"http://127.0.0.1:{free_port()}")  # no hub
     token = TokenFile(settings.admin_tokens_path).add("ops", "read")
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
         refused = client.get("/api/events")
         assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_token"
         assert client.get("/api/events", headers={"Authorization": f"Bearer {token}"}).status_code == 200
@@ -54,3 +54,27 @@ def test_whoami_names_the_token_and_its_scope(api):
     with api.client(api.reader) as reader, api.client() as anonymous:
         assert reader.get("/api/whoami").json() == {"name": "viewer", "scope": "read"}
         assert anonymous.get("/api/whoami").status_code == 401
+
+
+def test_the_docs_need_a_token_beyond_loopback(tmp_path):
+    settings = Settings(host="0.0.0.0", state_dir=tmp_path / "var", models_dir=tmp_path / "models",
+                        registry_path=tmp_path / "models.yml", hf_endpoint=f"http://127.0.0.1:{free_port()}")
+    token = TokenFile(settings.admin_tokens_path).add("ops", "read")
+    with TestClient(create_app(settings), base_url="http://127.0.0.1") as client:
+        for path in ("/docs", "/redoc", "/openapi.json"):
+            assert client.get(path).status_code == 401, path
+            assert client.get(path, headers={"Authorization": f"Bearer {token}"}).status_code == 200, path
+
+
+def test_the_docs_stay_open_on_loopback(api):
+    with api.client() as anonymous:
+        assert anonymous.get("/docs").status_code == 200 and "swagger" in anonymous.get("/docs").text.lower()
+        assert "/api/models" in anonymous.get("/openapi.json").json()["paths"]
+
+
+def test_a_rebinding_host_name_gets_421_on_every_route(api):
+    with api.client(api.admin) as admin:
+        for path in ("/api/models", "/api/health", "/openapi.json", "/api/events"):
+            refused = admin.get(path, headers={"Host": "evil.example"})
+            assert refused.status_code == 421 and refused.json()["error"]["code"] == "host_not_allowed", path
+        assert admin.get("/api/models", headers={"Host": "localhost:8001"}).status_code == 200

@@ -6,7 +6,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from app.api.limits import BodyLimit
+from app.web.limits import BodyLimit
 from app.registry.store import RegistryStore
 from tests.api.conftest import running_api
 

@@ -27,7 +27,7 @@ def client(tmp_path, nvml, models):
     app = create_app(settings)
     app.dependency_overrides[get_nvml] = lambda: nvml
     app.dependency_overrides[get_serving] = lambda: ServingStub(models)
-    return TestClient(app)
+    return TestClient(app, base_url="http://127.0.0.1")
 
 
 def test_this_host_without_a_gpu_says_so_and_reports_the_cpu_budget(tmp_path):

@@ -22,7 +22,7 @@ def wait_download(c, download_id, timeout_s=60):
 
 def test_search_sorted_by_downloads_with_a_fit_for_this_host(api, hub):
     add_declared_model(hub, "acme/huge-70b", LLAMA_70B_CONFIG, downloads=5)
-    with api.client() as c:
+    with api.client(api.reader) as c:
         body = c.get("/api/hub/search", params={"q": "acme"}).json()
         assert [r["id"] for r in body["results"]] == ["acme/tiny-chat", "acme/huge-70b"]  # by downloads
         tiny, huge = body["results"]
@@ -117,3 +117,14 @@ def test_register_takes_engine_settings_and_refuses_bad_ones(api, hub):
                       headers={"If-Match": base})
         assert good.status_code == 201, good.text
         assert c.get("/api/models/tiny-eager").json()["engine"]["enforce_eager"] is True
+
+
+def test_hub_routes_need_a_token_even_on_loopback(api, hub):
+    """They call the hub with the box's HF token: no web page may trigger that with an <img> tag."""
+    requests_before = sum(hub.requests.values())
+    with api.client() as anonymous:
+        for path in ("/api/hub/search?q=acme", "/api/hub/models/acme/tiny-chat/fit"):
+            refused = anonymous.get(path)
+            assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_token", path
+        assert anonymous.get("/api/models").status_code == 200  # other reads stay open on loopback
+    assert sum(hub.requests.values()) == requests_before  # the hub was not called

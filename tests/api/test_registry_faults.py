@@ -53,7 +53,7 @@ def api(tmp_path: Path, hf_endpoint: str, serve: bool = False):
     admin = TokenFile(settings.admin_tokens_path).add("alice")
     app = create_app(settings)
     app.dependency_overrides[get_serving] = NoServing
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         yield client, {"Authorization": f"Bearer {admin}", "If-Match": '"0"'}, store
 
 

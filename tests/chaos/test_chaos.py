@@ -19,7 +19,7 @@ import httpx
 import pytest
 import ray
 
-from app.devtools.sandbox import ensure_ready, wait_for
+from app.devtools.sandbox import control, ensure_ready, wait_for
 from app.registry.edits import add_model, remove_model, update_model
 from app.registry.schema import ModelEntry
 from app.registry.store import RegistryStore
@@ -47,7 +47,7 @@ def stream_lines(url: str, model: str, started: threading.Event | None = None, *
 
 
 def test_an_idle_engine_killed_is_noticed_at_once_and_reloaded_by_the_manager(box, url):
-    ensure_ready(url, "tiny-a")
+    ensure_ready(url, "tiny-a", box)
     before = engine_info("tiny-a")
     os.kill(before["processes"][0]["pid"], signal.SIGKILL)
     killed = now()
@@ -66,7 +66,7 @@ def test_an_idle_engine_killed_is_noticed_at_once_and_reloaded_by_the_manager(bo
 
 
 def test_an_engine_killed_mid_stream_ends_every_stream_with_an_error_event_and_done(box, url):
-    ensure_ready(url, "tiny-a")
+    ensure_ready(url, "tiny-a", box)
     started = [threading.Event() for _ in range(6)]
     with concurrent.futures.ThreadPoolExecutor(6) as pool:
         streams = [pool.submit(stream_lines, url, "tiny-a", s) for s in started]
@@ -118,7 +118,7 @@ def test_a_killed_manager_comes_back_and_keeps_the_healthy_models(box, url):
     assert states(url) == {"tiny-a": "ready", "tiny-b": "ready", "tiny-c": "unloaded"}
     assert {m: engine_info(m)["pid"] for m in pids} == pids  # adopted, not reloaded
     assert {e["model"] for e in events(box, "model_adopted")} == {"tiny-a", "tiny-b"}
-    unloaded = httpx.post(f"{url}/models/unload", json={"model": "tiny-b"}, timeout=120)  # revocation works again
+    unloaded = httpx.post(f"{url}/models/unload", json={"model": "tiny-b"}, headers=control(box), timeout=120)  # revocation works again
     assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded"
 
 
@@ -183,7 +183,7 @@ def test_a_hundred_concurrent_requests_to_an_unloaded_model_cause_one_load(box, 
 
 
 def test_a_client_that_disconnects_mid_stream_stops_its_generation(box, url):
-    ensure_ready(url, "tiny-c")
+    ensure_ready(url, "tiny-c", box)
     # 4 x 480 tokens: several seconds of generation on 2 cores, if nothing stops it.
     body = {"model": "tiny-c", "messages": [{"role": "user", "content": "hi"}], **STREAM, "n": 4}
     before = generated_tokens("tiny-c")
@@ -202,9 +202,10 @@ def test_a_client_that_disconnects_mid_stream_stops_its_generation(box, url):
 
 
 def test_a_streaming_request_during_an_unload_waits_for_the_reload(box, url):
-    ensure_ready(url, "tiny-c")
+    ensure_ready(url, "tiny-c", box)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        unload = pool.submit(httpx.post, f"{url}/models/unload", json={"model": "tiny-c"}, timeout=120)
+        unload = pool.submit(httpx.post, f"{url}/models/unload", json={"model": "tiny-c"}, headers=control(box),
+                             timeout=120)
         wait_for(lambda: states(url)["tiny-c"] == "unloading", 30, "tiny-c to be unloading", every_s=0.02)
         lines, _ = stream_lines(url, "tiny-c", max_tokens=4, ignore_eos=False)
         assert unload.result().status_code == 200

@@ -87,3 +87,23 @@ def test_login_form_renews_the_csrf_token(client, api):
     before = csrf(client)
     login(client, api.admin)
     assert csrf(client) != before  # no session state carried over from before the login
+
+
+@pytest.mark.parametrize("target", ["/\t/evil.example", "/\n/evil.example", "/\r\n/evil.example", "/\\evil.example",
+                                    "https://evil.example/", "/\x00/x"])
+def test_login_never_redirects_off_site_through_control_characters(client, api, target):
+    """Browsers drop TAB/CR/LF inside URLs: "/<TAB>/evil.example" would become "//evil.example"."""
+    response = post(client, "/login", {"token": api.admin, "next": target})
+    assert response.headers["Location"] == "/"
+
+
+def test_a_rebinding_host_name_is_refused_before_login(client):
+    refused = client.get("/login", headers={"Host": "evil.example"})
+    assert refused.status_code == 421 and b"LLMBOX_ALLOWED_HOSTS" in refused.data
+    assert client.post("/login", headers={"Host": "evil.example:8080"}).status_code == 421
+    assert client.get("/login", headers={"Host": "127.0.0.1:8080"}).status_code == 200
+
+
+def test_a_body_over_one_mib_is_refused_even_before_login(client):
+    response = client.post("/login", data={"token": "x" * (2 << 20)})
+    assert response.status_code == 413

@@ -45,5 +45,11 @@ def test_serves_on_loopback(tmp_path, hub):
                 answer = browser.post("/login", data={"csrf_token": token, "token": api.admin})
                 assert answer.status_code == 302 and answer.headers["location"] == "/"
                 assert "alice · admin" in browser.get("/").text
+            # waitress itself refuses a body over 1 MiB (its default would spool 1 GiB to disk), and a
+            # name this box does not answer to.
+            big = httpx.post(f"{url}/login", content=b"token=" + b"x" * (3 << 20),
+                             headers={"Content-Type": "application/x-www-form-urlencoded"}, timeout=60)
+            assert big.status_code == 413
+            assert httpx.get(f"{url}/login", headers={"Host": "evil.example"}).status_code == 421
         finally:
             services.stop(settings, "ui")

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from app.devtools.sandbox import ensure_ready, make_box, running, tiny_entry
+from app.devtools.sandbox import control, ensure_ready, make_box, running, tiny_entry
 from app.gpu.memory import NvmlMemory
 from app.gpu.nvml import gpu_count
 
@@ -52,7 +52,7 @@ def test_two_models_share_a_gpu_within_their_budgets_and_eviction_frees_it():
         taken = {}
         for model in ("one", "two"):
             before = used_gb(probe)
-            ensure_ready(url, model)
+            ensure_ready(url, model, settings)
             taken[model] = used_gb(probe) - before
         cards = {m["id"]: m for m in httpx.get(f"{url}/v1/models", timeout=30).json()["data"]}
         for model in ("one", "two"):
@@ -60,7 +60,7 @@ def test_two_models_share_a_gpu_within_their_budgets_and_eviction_frees_it():
             budget = cards[model]["budget_gb"]
             assert abs(taken[model] - budget) <= 0.1 * budget, (model, taken[model], budget)
         for model in ("one", "two"):
-            httpx.post(f"{url}/models/unload", json={"model": model}, timeout=300).raise_for_status()
+            httpx.post(f"{url}/models/unload", json={"model": model}, headers=control(settings), timeout=300).raise_for_status()
         deadline = time.monotonic() + 30
         while used_gb(probe) > idle + 0.5 and time.monotonic() < deadline:
             time.sleep(0.5)

@@ -280,3 +280,23 @@ def test_unknown_repo_revision_or_download_is_a_clear_error(hub, managers):
         with pytest.raises(KeyError):
             action("acme--nothing--main")
     assert manager.list() == []
+
+
+def test_the_fetch_child_never_has_the_token_in_its_environment(hub, managers, monkeypatch):
+    """It gets the token on its stdin only: a variable would show in /proc/<pid>/environ of the child."""
+    monkeypatch.setenv("HF_TOKEN", HUB_TOKEN)  # as the API process has it
+    monkeypatch.setenv("LLMBOX_API_KEYS", "sk-not-for-the-child")
+    publish(hub, "acme/gated2", 200_000, gated=True)
+    environments = []
+    real_popen = subprocess.Popen
+
+    def popen(*args, **kwargs):
+        environments.append(kwargs.get("env"))
+        return real_popen(*args, **kwargs)
+
+    monkeypatch.setattr("app.hub.downloads.subprocess.Popen", popen)
+    manager = managers(token=HUB_TOKEN)
+    assert finished(manager, manager.start("acme/gated2")["id"])["state"] == "completed"
+    assert environments and all(env is not None for env in environments)
+    for env in environments:
+        assert HUB_TOKEN not in "".join(env.values()) and "sk-not-for-the-child" not in "".join(env.values())

@@ -26,7 +26,7 @@ import ray
 from app import ray_head, services
 from app.devtools.fake_nvml import GPUS_VARIABLE, FakeGpu, write_gpus
 from app.api.tokens import TokenFile
-from app.devtools.sandbox import EMBED_ENTRY, ensure_ready, env, free_port, make_box, running, tiny_entry, wait_for
+from app.devtools.sandbox import EMBED_ENTRY, control, ensure_ready, env, free_port, make_box, running, tiny_entry, wait_for
 from app.gpu.nvml import NVML_MODULE_VARIABLE
 
 pytestmark = pytest.mark.slow
@@ -94,9 +94,9 @@ def test_ray_knows_each_gpu_as_a_resource_of_its_memory(box):
 
 
 def test_three_models_share_gpu_0_and_the_fourth_goes_to_gpu_1(box):
-    _, url = box
+    settings, url = box
     for model in ("chat-a", "chat-b", "chat-c"):
-        ensure_ready(url, model)
+        ensure_ready(url, model, settings)
     models = cards(url)
     assert {m: models[m]["state"] for m in ("embed", "chat-a", "chat-b", "chat-c")} == dict.fromkeys(
         ("embed", "chat-a", "chat-b", "chat-c"), "ready")  # all four resident at once
@@ -118,7 +118,7 @@ def test_three_models_share_gpu_0_and_the_fourth_goes_to_gpu_1(box):
 
 def test_a_tensor_parallel_model_is_given_two_distinct_gpus(box):
     _, url = box
-    httpx.post(f"{url}/models/load", json={"model": "tp2"}, timeout=60).raise_for_status()
+    httpx.post(f"{url}/models/load", json={"model": "tp2"}, headers=control(box[0]), timeout=60).raise_for_status()
 
     def reserved():
         card = cards(url)["tp2"]
@@ -142,7 +142,7 @@ def test_a_tensor_parallel_model_is_given_two_distinct_gpus(box):
     environment = wait_for(replica_environment, 120, "tp2's replica process")
     assert environment["CUDA_VISIBLE_DEVICES"] == "0,1"  # local ranks 0 and 1 are GPUs 0 and 1
     assert cards(url)["tp2"]["gpus"] == [0, 1]
-    httpx.post(f"{url}/models/unload", json={"model": "tp2"}, timeout=300).raise_for_status()
+    httpx.post(f"{url}/models/unload", json={"model": "tp2"}, headers=control(box[0]), timeout=300).raise_for_status()
     assert cards(url)["tp2"]["state"] in ("unloaded", "failed")
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from app.registry.edits import update_model
 from app.registry.store import RegistryStore
-from app import ray_head
+from app import ray_head, services
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -19,8 +19,46 @@ def start_sh(*args):
     return subprocess.run([str(ROOT / "start.sh"), *args], capture_output=True, text=True, timeout=600)
 
 
-def test_start_twice_status_and_stop(box):
+API_KEY = "sk-start-test-4b1d0c"  # LLMBOX_API_KEYS: only the deploying driver may hold it
+HF_SECRET = "hf_start_test_9e2a71"  # HF_TOKEN: only the management API may hold it
+
+
+def environ_of(pid: int) -> bytes:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            return handle.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return b""
+
+
+def box_processes(settings) -> dict[str, list[psutil.Process]]:
+    """Every running process of the box by what it is: Ray (head, workers, engines), the API, the UI."""
+    found = {}
+    for name in ("api", "ui"):
+        main = psutil.Process(services.pid(settings, name))
+        found[name] = [main, *main.children(recursive=True)]
+    services_pids = {p.pid for procs in found.values() for p in procs}  # the API is a Ray driver: it has the mark
+    found["ray"] = [psutil.Process(p) for p in ray_head.pids(settings) if p not in services_pids]
+    return found
+
+
+def listeners(pids: set[int]) -> list[tuple[str, str]]:
+    """(local address, process name) of each TCP listener of these processes, as `ss -ltnp` shows them."""
+    out = subprocess.run(["ss", "-ltnpH"], capture_output=True, text=True, check=True).stdout
+    found = []
+    for line in out.splitlines():
+        fields = line.split()
+        for name, pid in re.findall(r'\("([^"]+)",pid=(\d+)', line):
+            if int(pid) in pids:  # an IPv4-mapped IPv6 listener ([::ffff:127.0.0.1]:N) is an IPv4 one
+                found.append((re.sub(r"^\[::ffff:([0-9.]+)\]", r"\1", fields[3]), name))
+    return found
+
+
+def test_start_twice_status_and_stop(box, monkeypatch):
     settings = box
+    monkeypatch.setenv("LLMBOX_API_KEYS", API_KEY)
+    monkeypatch.setenv("HF_TOKEN", HF_SECRET)
+    auth = {"Authorization": f"Bearer {API_KEY}"}
     try:
         first = start_sh()
         assert first.returncode == 0, first.stdout + first.stderr
@@ -51,6 +89,44 @@ def test_start_twice_status_and_stop(box):
         assert ray_head.ray_variables(settings)["RAY_AUTH_MODE"] == "token"
         assert ray_head.auth_token_path(settings).stat().st_mode & 0o777 == 0o600
 
+        # Secrets only in the processes that use them: no Ray worker or engine holds the :8000 key
+        # or the HF token, the UI neither, the API only the HF token.
+        processes = box_processes(settings)
+        assert len(processes["ray"]) >= 5  # GCS, raylet, Serve controller, manager, router, engines...
+        for kind, procs in processes.items():
+            for proc in procs:
+                environ = environ_of(proc.pid)
+                assert API_KEY.encode() not in environ, (kind, proc.pid, proc.name())
+                assert (HF_SECRET.encode() in environ) == (kind == "api" and proc.pid == processes["api"][0].pid), \
+                    (kind, proc.pid, proc.name())
+        # What listens where (docs/security.md): the three servers and Ray on loopback; only Serve's
+        # per-replica gRPC (Ray binds it to [::], behind Ray's token) beyond it.
+        pids = {p.pid for procs in processes.values() for p in procs}
+        sockets = listeners(pids)
+        addresses = {address for address, _ in sockets}
+        for name in ("serve_port", "api_port", "ui_port", "ray_port"):
+            port = getattr(settings, name)
+            assert f"127.0.0.1:{port}" in addresses, (name, port, subprocess.run(
+                ["ss", "-ltnpH", f"sport = :{port}"], capture_output=True, text=True).stdout, sorted(pids))
+        beyond = [(a, n) for a, n in sockets if not a.startswith("127.0.0.1:")]
+        assert all(n.startswith("ray::ServeRepl") for _, n in beyond), beyond
+        # The state dir is this user's alone: logs, events and records are not readable by others.
+        assert settings.state_dir.stat().st_mode & 0o777 == 0o700
+        for path in [*settings.state_dir.glob("*"), *(settings.state_dir / "logs").glob("*")]:
+            if path.is_file():
+                assert path.stat().st_mode & 0o077 == 0, path
+        # The doors: a page's cross-site POST, a rebinding name, model control without a control key.
+        ports = (settings.serve_port, settings.api_port, settings.ui_port)
+        for port, path in zip(ports, ("/v1/models", "/api/models", "/login")):
+            rebound = httpx.get(f"http://127.0.0.1:{port}{path}", headers={**auth, "Host": "evil.example"}, timeout=30)
+            assert rebound.status_code == 421, (port, rebound.text)
+        form = httpx.post(f"http://127.0.0.1:{settings.serve_port}/models/unload", timeout=30,
+                          content='{"model": "all-minilm-l6-v2", "x": "="}', headers={"Content-Type": "text/plain"})
+        assert form.status_code == 415
+        no_control = httpx.post(f"http://127.0.0.1:{settings.serve_port}/models/load", json={"model": "tiny-chat"},
+                                headers=auth, timeout=30)
+        assert no_control.status_code == 403 and no_control.json()["error"]["code"] == "insufficient_scope"
+
         second = start_sh()
         assert second.returncode == 0, second.stdout + second.stderr
         assert "already runs" in second.stdout
@@ -60,9 +136,11 @@ def test_start_twice_status_and_stop(box):
 
         # The endpoint answers: the always-on model is ready and embeds.
         url = f"http://127.0.0.1:{settings.serve_port}/v1"
-        listed = {m["id"]: m["state"] for m in httpx.get(f"{url}/models").json()["data"]}
+        assert httpx.get(f"{url}/models").status_code == 401  # LLMBOX_API_KEYS is set
+        listed = {m["id"]: m["state"] for m in httpx.get(f"{url}/models", headers=auth).json()["data"]}
         assert listed == {"all-minilm-l6-v2": "ready", "tiny-chat": "unloaded"}
-        vector = httpx.post(f"{url}/embeddings", json={"model": "all-minilm-l6-v2", "input": "hi"}, timeout=60).json()
+        vector = httpx.post(f"{url}/embeddings", json={"model": "all-minilm-l6-v2", "input": "hi"}, headers=auth,
+                            timeout=60).json()
         assert len(vector["data"][0]["embedding"]) == 384
 
         status = start_sh("status")
@@ -75,7 +153,16 @@ def test_start_twice_status_and_stop(box):
         store.edit(store.read().revision, lambda body: update_model(body, "tiny-chat", {"serve": False}))
         applied = start_sh("reconcile")
         assert applied.returncode == 0 and re.search(r"tiny-chat +not served", applied.stdout), applied.stdout
-        assert [m["id"] for m in httpx.get(f"{url}/models").json()["data"]] == ["all-minilm-l6-v2"]
+        assert [m["id"] for m in httpx.get(f"{url}/models", headers=auth).json()["data"]] == ["all-minilm-l6-v2"]
+
+        # A control key made with ./start.sh key counts at once (the router reads the key file).
+        made = start_sh("key", "ops", "--scope", "control")
+        assert made.returncode == 0, made.stdout + made.stderr
+        control_key = made.stdout.strip().splitlines()[-1]
+        assert control_key.startswith("sk-llmbox-") and control_key not in settings.api_keys_path.read_text()
+        unloaded = httpx.post(f"http://127.0.0.1:{settings.serve_port}/models/unload", json={"model": "all-minilm-l6-v2"},
+                              headers={"Authorization": f"Bearer {control_key}"}, timeout=300)
+        assert unloaded.status_code == 200 and unloaded.json()["state"] == "unloaded", unloaded.text
     finally:
         stopped = start_sh("stop")
     assert stopped.returncode == 0 and "stopped the management API" in stopped.stdout

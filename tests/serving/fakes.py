@@ -94,14 +94,17 @@ def stream_items(n: int = 3) -> list[str]:
     return [f'data: {{"choices": [{{"delta": {{"content": "t{i}"}}}}]}}\n\n' for i in range(n)] + ["data: [DONE]\n\n"]
 
 
-def make_router(monkeypatch, manager, replicas: dict, keys: tuple[str, ...] = (), load_wait_s: float = 5.0):
-    """A Router instance (no Serve replica around it) over ``manager`` and fake model replicas."""
+def make_router(monkeypatch, manager, replicas: dict, keys: tuple[str, ...] = (), load_wait_s: float = 5.0,
+                **config):
+    """A Router instance (no Serve replica around it) over ``manager`` and fake model replicas;
+    ``config``: further RouterConfig fields."""
     cls = router_mod.Router.func_or_class
     router = cls.__new__(cls)
-    router.config = router_mod.RouterConfig(api_key_hashes=keys, load_wait_s=load_wait_s, heartbeat_s=0.05)
+    router.config = router_mod.RouterConfig(**{"api_key_hashes": keys, "load_wait_s": load_wait_s,
+                                               "heartbeat_s": 0.05, **config})
     router.manager = Remote(manager)
-    router.leases, router._handles, router._prefixes, router.id = Leases(), {}, {}, "rid-test"
+    router.leases, router._handles, router._prefixes, router._waits, router.id = Leases(), {}, {}, {}, "rid-test"
     router._handle = lambda model_id: replicas[model_id]
-    router_mod.api.state.api_key_hashes = keys
+    router_mod.configure(router.config, router_mod.api)
     monkeypatch.setattr("ray.serve.get_replica_context", lambda: SimpleNamespace(servable_object=router))
     return router

@@ -32,7 +32,7 @@ def box(tmp_path, monkeypatch):
     manager = make_manager(tmp_path, entries, serve, dead=dead, poll_interval_s=0.02)
     replicas = {"a": Replica(Gen([Body(CHAT)]))}
     router = make_router(monkeypatch, manager, replicas)
-    with TestClient(router_mod.api) as client:
+    with TestClient(router_mod.api, base_url="http://127.0.0.1") as client:
         client.portal.call(manager.reconcile)
         yield client, manager, serve, dead, replicas, router
 
@@ -180,7 +180,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_its_generation(box, cold):
 
         scope = {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
                  "method": "POST", "scheme": "http", "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions",
-                 "root_path": "", "query_string": b"", "headers": [(b"content-type", b"application/json")],
+                 "root_path": "", "query_string": b"", "headers": [(b"content-type", b"application/json"), (b"host", b"127.0.0.1:8000")],
                  "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555)}
         await asyncio.wait_for(router_mod.api(scope, receive, send), 5)
         await asyncio.sleep(0.05)  # the release is a fire-and-forget call

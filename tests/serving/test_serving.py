@@ -20,7 +20,7 @@ import pytest
 import ray
 from ray import serve
 
-from app.devtools.sandbox import EMBED_ENTRY, free_port, make_box, running, tiny_entry, wait_for
+from app.devtools.sandbox import EMBED_ENTRY, control, free_port, make_box, running, tiny_entry, wait_for
 from app.lifecycle import actor
 from app.registry.edits import add_model, update_model
 from app.registry.schema import ModelEntry
@@ -204,7 +204,7 @@ def router_usage() -> dict:
     return serve.get_deployment_handle("Router", app_name="router").usage.remote().result()["models"]
 
 
-def test_eviction_never_takes_a_model_busy_on_the_routers_fast_path(url, client):
+def test_eviction_never_takes_a_model_busy_on_the_routers_fast_path(box, url, client):
     chat(client, "tiny-a")
     chat(client, "tiny-a")  # tiny-a is leased: this one never asked the manager
     assert router_usage()["tiny-a"]["in_flight"] == 0
@@ -215,7 +215,7 @@ def test_eviction_never_takes_a_model_busy_on_the_routers_fast_path(url, client)
         long = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=300)
         wait_for(lambda: router_usage()["tiny-a"]["in_flight"] == 1, 30, "the long request on the fast path")
         evicted_b = metric(url, "llmbox_model_unloads_total", model="tiny-b", reason="evicted")
-        assert httpx.post(f"{url}/models/load", json={"model": "tiny-c"}, timeout=60).status_code == 200
+        assert httpx.post(f"{url}/models/load", json={"model": "tiny-c"}, headers=control(box), timeout=60).status_code == 200
         assert long.result().status_code == 200
     wait_for(lambda: states(url)["tiny-c"] == "ready", 300, "tiny-c to load")
     now = states(url)
@@ -270,19 +270,19 @@ def test_reconcile_adds_a_model_without_touching_the_others(box, url, client, ma
         chat(client, "tiny-b")
 
 
-def test_manual_unload_and_load(url):
+def test_manual_unload_and_load(box, url):
     # Earlier tests may have evicted tiny-a (which one goes depends on timing): load it first.
-    response = httpx.post(f"{url}/models/load", json={"model": "tiny-a"}, timeout=60)
+    response = httpx.post(f"{url}/models/load", json={"model": "tiny-a"}, headers=control(box), timeout=60)
     assert response.status_code == 200 and response.json()["state"] in ("loading", "ready")
     wait_for(lambda: states(url)["tiny-a"] == "ready", 300, "tiny-a to load")
     before = metric(url, "llmbox_model_unloads_total", model="tiny-a", reason="manual")
-    response = httpx.post(f"{url}/models/unload", json={"model": "tiny-a"}, timeout=60)
+    response = httpx.post(f"{url}/models/unload", json={"model": "tiny-a"}, headers=control(box), timeout=60)
     assert response.status_code == 200 and response.json()["state"] == "unloaded"
     assert states(url)["tiny-a"] == "unloaded"
     assert metric(url, "llmbox_model_unloads_total", model="tiny-a", reason="manual") == before + 1
-    response = httpx.post(f"{url}/models/load", json={"model": "tiny-a"}, timeout=60)
+    response = httpx.post(f"{url}/models/load", json={"model": "tiny-a"}, headers=control(box), timeout=60)
     assert response.status_code == 200 and response.json()["state"] == "loading"
-    missing = httpx.post(f"{url}/models/unload", json={"model": "ghost"}, timeout=60)
+    missing = httpx.post(f"{url}/models/unload", json={"model": "ghost"}, headers=control(box), timeout=60)
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
 
 
