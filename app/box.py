@@ -14,6 +14,7 @@ from pathlib import Path
 import ray
 
 from app.devtools.tiny_model import make_tiny_model
+from app.engines import host_rules
 from app.engines.sources import missing_packages
 from app.gpu.nvml import check_usable, detect_device
 from app.registry.defaults import default_registry_text
@@ -36,8 +37,13 @@ class ConfigError(RuntimeError):
     """The box cannot run as configured; retrying will not help (exit status 2: systemd does not restart)."""
 
 
-def check_registry(registry: Registry, path: Path) -> None:
-    """Refuse a registry this install cannot serve: ``package:`` weights from a package it lacks."""
+def check_registry(registry: Registry, path: Path, settings: Settings | None = None) -> None:
+    """Refuse a registry this install cannot serve: ``package:`` weights from a package it lacks, and
+    (given the settings) entries this host refuses (app/engines/host_rules.py)."""
+    refused = [r for r in (host_rules.refusal(m, settings) for m in registry.models) if r] if settings else []
+    if refused:
+        raise ConfigError(f"the registry {path} has entries this host does not serve: {'; '.join(refused)}. "
+                          "Change those entries, then start again")
     missing = missing_packages(registry.models)
     if missing:
         raise ConfigError(
@@ -67,7 +73,7 @@ def start(settings: Settings) -> None:
     existed = store.path.exists()
     registry = store.create(default_registry_text(device, settings.models_dir))
     say(f"{'registry' if existed else 'new ' + device + ' registry'} {store.path} at revision {registry.revision}")
-    check_registry(registry, store.path)
+    check_registry(registry, store.path, settings)
     if ray_head.start(settings):
         say(f"started the Ray head on {ray_head.address(settings)} (temp dir {ray_head.temp_dir(settings)})")
     else:
@@ -129,7 +135,7 @@ def deploy_only(settings: Settings) -> int:
     store = RegistryStore(settings.registry_path, settings.registry_history_keep)
     if not store.path.exists():
         make_tiny_model(settings.models_dir / "tiny-chat")
-    check_registry(store.create(default_registry_text(device, settings.models_dir)), store.path)
+    check_registry(store.create(default_registry_text(device, settings.models_dir)), store.path, settings)
     if not ray_head.is_running(settings):
         say("the Ray head is not running (start it first: python -m app.ray_head)")
         return 3

@@ -100,6 +100,27 @@ class Settings(BaseSettings):
         None, gt=0, description="On hosts without a GPU: memory that loaded engines may use (default: 75% of RAM)."
     )
 
+    # --- what a registry entry may do on this host (app/engines/host_rules.py) --------------
+    allow_remote_code: bool = Field(
+        False, description="Let entries set trust_remote_code: true, so the model repo's own Python runs in the "
+        "engine (and whoever holds an admin token chooses that code)."
+    )
+    model_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders besides models_dir that an absolute source may be in (comma-separated absolute "
+        "paths; symlinks are resolved before the check). Default: only models_dir.",
+    )
+
+    @field_validator("model_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [Path(p.strip()) for p in value.split(",") if p.strip()]
+        for path in value if isinstance(value, list) else ():
+            if not Path(path).is_absolute():
+                raise ValueError(f"LLMBOX_MODEL_ROOTS: {str(path)!r} is not an absolute path")
+        return value
+
     @field_validator("api_keys", "allowed_hosts", mode="before")
     @classmethod
     def _split_keys(cls, value: object) -> object:

@@ -7,7 +7,7 @@ import json
 ENGINE_FIELDS = ("dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "kv_cache_memory_bytes",
                  "concurrent_sequences", "enforce_eager")
 # Engine settings written as JSON objects, with an example for the error message.
-ENGINE_MAPS = {"extra_args": '{"trust_remote_code": true}', "env": '{"NCCL_P2P_DISABLE": "1"}'}
+ENGINE_MAPS = {"extra_args": '{"max_num_seqs": 8}', "env": '{"NCCL_P2P_DISABLE": "1"}'}
 
 
 def _number(form, name: str, kind, errors: list[str]):

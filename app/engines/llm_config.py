@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from app.engines import host_rules
 from app.engines.sources import resolve
 from app.registry.schema import ModelEntry
 
@@ -70,6 +71,8 @@ class EngineHost:
     cache_dir: Path  # VLLM_CACHE_ROOT
     cpu_kv_cache_gb: int = 1  # VLLM_CPU_KVCACHE_SPACE on CPU hosts
     models_dir: Path | None = None  # where Hugging Face downloads live (app/hub/paths.py)
+    model_roots: tuple[Path, ...] = ()  # further folders absolute sources may be in (LLMBOX_MODEL_ROOTS)
+    allow_remote_code: bool = False  # LLMBOX_ALLOW_REMOTE_CODE (app/engines/host_rules.py)
 
 
 def app_name(model_id: str) -> str:
@@ -107,14 +110,16 @@ def engine_kwargs(entry: ModelEntry, placement: Placement | None = None) -> dict
             kwargs["kv_cache_memory_bytes"] = placement.kv_cache_bytes
     if entry.task == "embed":
         kwargs["runner"] = "pooling"
-    kwargs.update(engine.extra_args)
+    kwargs.update(engine.extra_args)  # allow-listed by the schema (ENGINE_ARG_GROUPS)
     return kwargs
 
 
 def llm_config_dict(entry: ModelEntry, host: EngineHost, placement: Placement | None = None) -> dict[str, Any]:
     """The LLMConfig fields (plain data, so tests and diffs can compare them).
 
-    Without a placement (GPU hosts): the model's settings only, to compare (``config_key``)."""
+    Without a placement (GPU hosts): the model's settings only, to compare (``config_key``).
+    Raises NotAllowedOnHost for an entry this host refuses (no engine is ever built for it)."""
+    host_rules.check(entry, host)
     # Engines share the cores; Ray only needs to place them. Memory, not cores, limits how many
     # models are resident (the manager's ledger), so the share is small: 0.5 let a 2-core host
     # hold only four models, and a fifth sat pending in Ray with room in the ledger.

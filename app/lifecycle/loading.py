@@ -12,6 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
+from app.engines import host_rules
 from app.engines.llm_config import Placement
 from app.gpu.memory import Device
 from app.lifecycle import admission, watchdog
@@ -43,6 +44,8 @@ class Loading:
             model_id = rt.entry.id
             rt.refused = False
             try:
+                if refused := host_rules.refusal(rt.entry, self.host):  # before admission evicts anyone for it
+                    return await self._fail(rt, refused)
                 rt.config_key = self._config_key(rt.entry)  # the settings this load applies (reconcile compares)
                 rt.budget = await asyncio.to_thread(self._budget, rt.entry)
                 refusal = await self._make_room(rt, started + self.config.load_timeout_s)

@@ -28,6 +28,7 @@ from app.engines.budget import model_budget
 from app.engines.llm_config import EngineHost, Placement, config_key, llm_config_dict, model_of
 from app.engines.sources import resolve
 from app.engines.sources import SourceMissing
+from app.engines.host_rules import NotAllowedOnHost
 from app.events import EventLog
 from app.gpu.memory import CpuBudget, MemoryProbe, NvmlMemory
 from app.lifecycle import admission, loops, watchdog, weights
@@ -64,7 +65,8 @@ class ModelManager(Loading, Unloading, Watching):
         self.alive = alive
         self.store = RegistryStore(config.registry_path)
         self.host = EngineHost(device=config.device, cache_dir=Path(config.cache_dir),
-                               models_dir=Path(config.models_dir))
+                               models_dir=Path(config.models_dir), model_roots=tuple(map(Path, config.model_roots)),
+                               allow_remote_code=config.allow_remote_code)
         self.events = EventLog(Path(config.state_dir) / "events.jsonl")
         self.measurements = Measurements(config.state_dir)
         self.memory = memory or (NvmlMemory() if config.device == "gpu" else CpuBudget(config.cpu_memory_budget_gb))
@@ -222,6 +224,8 @@ class ModelManager(Loading, Unloading, Watching):
             key = config_key(self._config(entry))
         except SourceMissing as exc:
             return f"missing: {exc}"
+        except NotAllowedOnHost as exc:  # its load fails at once with this reason (loading.py)
+            return f"refused: {exc}"
         if entry.embed_prefixes is not None:
             key += f" prefixes={config_key(entry.embed_prefixes.model_dump())}"
         return key

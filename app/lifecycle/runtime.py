@@ -30,6 +30,8 @@ class ManagerConfig:
     models_dir: str
     state_dir: str  # download records, measurements and the event log
     cpu_memory_budget_gb: float | None = None
+    model_roots: tuple[str, ...] = ()  # LLMBOX_MODEL_ROOTS: absolute sources may be there besides models_dir
+    allow_remote_code: bool = False  # LLMBOX_ALLOW_REMOTE_CODE (app/engines/host_rules.py)
     load_timeout_s: float = 600.0
     reaper_interval_s: float = 0.5  # an idle model goes at most this late (plus its unload)
     watch_interval_s: float = 1.0  # how often READY models' replicas and engine processes are checked

@@ -50,6 +50,15 @@ def update_model(body: CommentedMap, model_id: str, changes: dict[str, Any]) -> 
     _merge(_models(body)[_index(body, model_id)], changes)
 
 
+def model_entry(body: CommentedMap, model_id: str) -> ModelEntry | None:
+    """The model as it stands in ``body`` (e.g. after ``update_model``); None while it does not validate
+    (the store refuses the write then, naming the field)."""
+    try:
+        return ModelEntry.model_validate(_models(body)[_index(body, model_id)])
+    except ValueError:  # pydantic's ValidationError is one
+        return None
+
+
 def remove_model(body: CommentedMap, model_id: str) -> None:
     """Delete a model entry."""
     del _models(body)[_index(body, model_id)]

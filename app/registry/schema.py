@@ -60,6 +60,86 @@ def check_engine_env(env: dict[str, str]) -> dict[str, str]:
     return checked
 
 
+# Engine arguments a registry entry may pass to vLLM (engine.extra_args), by group. An allow-list, because
+# vLLM's arguments also name Python to import (worker_cls, worker_extension_cls, scheduler_cls,
+# logits_processors, *_plugin, compilation_config's passes), files to read or write
+# (allowed_local_media_path, download_dir, log_config_file, speculative_config's model, lora_modules) and
+# hosts to talk to (kv_transfer_config, kv_events_config, otlp_traces_endpoint): with any of those an
+# admin token would run code or read files as the service user. Every argument below tunes how vLLM runs
+# the weights the entry names; none takes a path, a Python name or an address (the few that could are
+# narrowed by check_engine_arg). Not here on purpose: pipeline_parallel_size and data_parallel_size
+# (the manager books tensor_parallel_size GPUs, no more), distributed_executor_backend (set by
+# app/engines/lean.py), served_model_name (llmbox names models), enable_lora and its kin (llmbox has no
+# adapter source, and lora_modules are paths), load_format and model_loader_extra_config (loaders that
+# fetch from elsewhere), enable_prompt_embeds (clients would send tensors to deserialize).
+# tests/registry/test_engine_args.py checks every name against the installed vLLM: a field of
+# AsyncEngineArgs or FrontendArgs, the two sets ray.serve.llm splits engine_kwargs into.
+ENGINE_ARG_GROUPS: dict[str, tuple[str, ...]] = {
+    # Scheduling and batching: how many sequences and tokens one step takes, and in what order.
+    "scheduling": ("max_num_seqs", "max_num_batched_tokens", "enable_chunked_prefill", "long_prefill_token_threshold",
+                   "disable_chunked_mm_input", "scheduling_policy", "async_scheduling", "stream_interval"),
+    # Memory and the KV cache: sizes, dtypes and switches of vLLM's own allocator.
+    "memory": ("block_size", "enable_prefix_caching", "prefix_caching_hash_algo", "kv_cache_dtype", "cpu_offload_gb",
+               "num_gpu_blocks_override", "disable_sliding_window", "disable_cascade_attn",
+               "disable_hybrid_kv_cache_manager", "mamba_cache_dtype", "mamba_ssm_cache_dtype"),
+    # Quantization and kernels: which of vLLM's built-in implementations run the weights, chosen by name.
+    "quantization": ("quantization", "model_impl", "attention_backend", "enable_expert_parallel",
+                     "disable_custom_all_reduce", "cudagraph_capture_sizes", "max_cudagraph_capture_size",
+                     "optimization_level", "performance_mode"),
+    # The model's config and sampling defaults, as data. hf_overrides may change `architectures`, so which
+    # of vLLM's built-in model classes runs, but loads no code without trust_remote_code; generation_config
+    # only 'auto' or 'vllm' (any other value is a folder vLLM reads).
+    "model config": ("hf_overrides", "generation_config", "override_generation_config", "seed", "max_logprobs",
+                     "logprobs_mode", "pooler_config", "limit_mm_per_prompt", "mm_processor_kwargs",
+                     "mm_processor_cache_gb", "skip_mm_profiling", "interleave_mm_strings", "language_model_only"),
+    # Tokenizer and output parsing: vLLM's registered tokenizer modes and parsers, chosen by name (the
+    # *_plugin variants, which name a Python file, are not here). chat_template only as inline Jinja, which
+    # vLLM renders in its sandbox; a path would let the entry read a file.
+    "parsing": ("tokenizer_mode", "skip_tokenizer_init", "tool_call_parser", "enable_auto_tool_choice",
+                "reasoning_parser", "chat_template", "chat_template_content_format", "default_chat_template_kwargs",
+                "response_role"),
+    # Metrics that stay inside the box.
+    "logging": ("disable_log_stats",),
+    # The model repo's own Python runs in the engine. The schema allows it (true or false); whether this host
+    # does is LLMBOX_ALLOW_REMOTE_CODE, checked where the settings are known (app/engines/host_rules.py).
+    "remote code": ("trust_remote_code",),
+}
+ENGINE_ARGS_ALLOWED = frozenset(name for names in ENGINE_ARG_GROUPS.values() for name in names)
+# Arguments whose value is a mapping handed to vLLM (or to the model's processor) as it is.
+_MAPPING_ARGS = ("hf_overrides", "override_generation_config", "pooler_config", "limit_mm_per_prompt",
+                 "mm_processor_kwargs", "default_chat_template_kwargs")
+
+
+def _nested_keys(value: Any) -> list[str]:
+    if isinstance(value, dict):
+        return [*map(str, value), *(k for v in value.values() for k in _nested_keys(v))]
+    if isinstance(value, list):
+        return [k for v in value for k in _nested_keys(v)]
+    return []
+
+
+def check_engine_arg(name: str, value: Any) -> None:
+    """ValueError naming ``name`` unless it is on the allow-list, with a value of the narrowed kind."""
+    if name not in ENGINE_ARGS_ALLOWED:
+        raise ValueError(f"engine argument {name!r} is not on the allow-list of engine arguments (performance, "
+                         "memory, scheduling, quantization and parsing settings: ENGINE_ARG_GROUPS in "
+                         "app/registry/schema.py); arguments that load code, read or write files or open "
+                         "connections are not allowed")
+    if name == "trust_remote_code" and not isinstance(value, bool):
+        raise ValueError("engine argument 'trust_remote_code' must be true or false")
+    if name == "generation_config" and value not in ("auto", "vllm"):
+        raise ValueError(f"engine argument 'generation_config' is {value!r}: only 'auto' (the model's "
+                         "generation_config.json) or 'vllm' (vLLM's defaults), not a folder")
+    if name == "chat_template" and not (isinstance(value, str) and ("{{" in value or "{%" in value)):
+        raise ValueError("engine argument 'chat_template' must be the Jinja template itself (with {{ or {%), "
+                         "not a file name or path")
+    if name in _MAPPING_ARGS and not isinstance(value, dict):
+        raise ValueError(f"engine argument {name!r} must be a mapping")
+    if "trust_remote_code" in _nested_keys(value):
+        raise ValueError(f"engine argument {name!r} may not contain trust_remote_code: set it in engine.extra_args "
+                         "itself, where the host decides (LLMBOX_ALLOW_REMOTE_CODE)")
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -82,7 +162,8 @@ class EngineSettings(_Strict):
     )
     enforce_eager: bool = Field(False, description="Skip CUDA graph capture: faster start, slower decode.")
     extra_args: dict[str, Any] = Field(
-        default_factory=dict, description="Further vLLM engine arguments, e.g. {trust_remote_code: true}."
+        default_factory=dict, description="Further vLLM engine arguments from the allow-list (ENGINE_ARG_GROUPS), "
+        "e.g. {max_num_seqs: 8, enable_prefix_caching: true}."
     )
     env: dict[str, Any] = Field(
         default_factory=dict,
@@ -106,6 +187,7 @@ class EngineSettings(_Strict):
                 raise ValueError(f"engine argument {key!r} has its own field: set engine.{key} instead")
             if key in ("model", "task", "runner", "tokenizer", "revision"):
                 raise ValueError(f"engine argument {key!r} is derived from the model entry; remove it")
+            check_engine_arg(key, value[key])
         return value
 
 
@@ -121,8 +203,9 @@ class ModelEntry(_Strict):
 
     id: str = Field(description="The name clients send as `model`; letters, digits, '.', '_', '-', ':'.")
     source: str = Field(
-        description="Where the weights are: a Hugging Face repo id (org/name), an absolute local path, "
-        "or package:<python_module>/<folder> for weights shipped inside an installed Python package."
+        description="Where the weights are: a Hugging Face repo id (org/name), an absolute local path (inside "
+        "the models folder or LLMBOX_MODEL_ROOTS: the host checks), or package:<python_module>/<folder> for "
+        "weights shipped inside an installed Python package."
     )
     revision: str | None = Field(None, description="Hugging Face revision (branch, tag or commit); default: main.")
     task: Literal["generate", "embed"] = Field("generate", description="Text generation or embeddings (pooling).")

@@ -32,6 +32,8 @@ def manager_config(settings: Settings) -> ManagerConfig:
         models_dir=str(settings.models_dir),
         state_dir=str(settings.state_dir),
         cpu_memory_budget_gb=settings.cpu_memory_budget_gb,
+        model_roots=tuple(str(r) for r in settings.model_roots),
+        allow_remote_code=settings.allow_remote_code,
         load_timeout_s=settings.load_timeout_s,
     )
 

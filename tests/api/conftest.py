@@ -82,6 +82,7 @@ def running_api(base: Path, hub_url: str, *, overrides: dict | None = None, serv
     In a TestClient, or ``served`` over real HTTP on its ``api_port`` (for clients that need a URL: the
     fuzzer, the admin UI); ``overrides`` are dependency_overrides (a fake NVML); ``settings`` set Settings fields.
     """
+    settings.setdefault("model_roots", [Path("/srv/models")])  # where the test registry's local models are
     config = Settings(state_dir=base / "var", models_dir=base / "models",
                       registry_path=base / "inventory" / "models.yml", api_port=free_port(), ray_port=free_port(),
                       hf_endpoint=hub_url, download_min_free_gb=0, **settings)

@@ -112,6 +112,10 @@ def test_register_takes_engine_settings_and_refuses_bad_ones(api, hub):
         bad = c.post(f"/api/downloads/{record['id']}/register",
                      json={"id": "tiny-eager", "engine": {"dtype": "float8"}}, headers={"If-Match": base})
         assert bad.status_code == 400 and "engine.dtype" in bad.json()["error"]["message"]
+        remote = c.post(f"/api/downloads/{record['id']}/register", headers={"If-Match": base},
+                        json={"id": "tiny-remote", "engine": {"extra_args": {"trust_remote_code": True}}})
+        assert remote.status_code == 400 and remote.json()["error"]["code"] == "not_allowed_on_host"
+        assert "LLMBOX_ALLOW_REMOTE_CODE" in remote.json()["error"]["message"]
         good = c.post(f"/api/downloads/{record['id']}/register",
                       json={"id": "tiny-eager", "engine": {"dtype": "float32", "enforce_eager": True}},
                       headers={"If-Match": base})

@@ -74,9 +74,9 @@ def test_the_entrys_own_memory_settings_pass_through():
 
 
 def test_embedding_models_use_the_pooling_runner_and_extra_args_pass_through():
-    config = llm_config_dict(entry(task="embed", revision="v1.5", engine={"extra_args": {"trust_remote_code": True}}), GPU)
+    config = llm_config_dict(entry(task="embed", revision="v1.5", engine={"extra_args": {"max_num_seqs": 8}}), GPU)
     assert config["engine_kwargs"]["runner"] == "pooling"
-    assert config["engine_kwargs"]["trust_remote_code"] is True
+    assert config["engine_kwargs"]["max_num_seqs"] == 8
     assert config["model_loading_config"]["model_source"].endswith("/hub/org--model/v1.5")
     assert "revision" not in config["engine_kwargs"]  # the download chose the revision
     assert "runner" not in llm_config_dict(entry(), GPU)["engine_kwargs"]
@@ -130,7 +130,7 @@ def test_a_repo_that_is_not_downloaded_or_only_partly_is_not_servable(tmp_path):
 
 
 def test_the_same_entry_always_gives_the_same_config():
-    e = entry(engine={"extra_args": {"b": 1, "a": 2}})
+    e = entry(engine={"extra_args": {"seed": 1, "max_num_seqs": 2}})
     assert llm_config_dict(e, CPU) == llm_config_dict(ModelEntry.model_validate(e.model_dump()), CPU)
     assert app_name("tiny-chat") == "model-tiny-chat"
 

@@ -32,7 +32,7 @@ def test_only_what_differs_is_sent_and_cleared_fields_reset():
 def test_unreadable_fields_are_named():
     _, errors = entry_from_form(form(idle_timeout_s="1.5", memory_gb="lots", engine_extra_args="nope"))
     assert errors == ["idle_timeout_s: '1.5' is not a whole number", "memory_gb: 'lots' is not a number",
-                      'engine.extra_args: write a JSON object, e.g. {"trust_remote_code": true}']
+                      'engine.extra_args: write a JSON object, e.g. {"max_num_seqs": 8}']
 
 
 def test_engine_env_edits_key_by_key_like_extra_args():

@@ -98,7 +98,7 @@ def test_invalid_input_is_explained_and_kept(admin, someone_else):
     bad_number = post(admin, "/models/new", form_for("ui-bad", base, idle_timeout_s="soon", engine_extra_args="[1]"))
     assert bad_number.status_code == 400
     assert flashes(bad_number) == ["idle_timeout_s: 'soon' is not a whole number",
-                                   'engine.extra_args: write a JSON object, e.g. {"trust_remote_code": true}']
+                                   'engine.extra_args: write a JSON object, e.g. {"max_num_seqs": 8}']
     assert 'value="soon"' in bad_number.get_data(as_text=True)
 
     bad_source = post(admin, "/models/new", form_for("ui-bad", base, source="not a source"))

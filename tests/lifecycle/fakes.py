@@ -153,7 +153,8 @@ def make_manager(tmp_path: Path, entries: str, serve: FakeServe, clock: FakeCloc
     if not path.exists():
         RegistryStore(path).create("llmbox_registry:\n  revision: 0\n  models:\n" + entries)
     device = config.pop("device", "cpu")
-    settings = {"reaper_interval_s": 3600, "watch_interval_s": 3600, "poll_interval_s": 0, **config}
+    settings = {"reaper_interval_s": 3600, "watch_interval_s": 3600, "poll_interval_s": 0,
+                "model_roots": (str(tmp_path / "srv"),), **config}  # where the local weights folders are
     routers = None
     if router is not None:
         routers = RouterLink(call=router.call, timeout_s=0.2)

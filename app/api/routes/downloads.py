@@ -9,7 +9,8 @@ from fastapi import APIRouter, Response
 from pydantic import ValidationError
 
 from app.api import changes
-from app.api.deps import BaseRevision, DownloadsDep, EventsDep, ServingDep, StoreDep, WatchDep, Writer, etag
+from app.api.deps import (BaseRevision, DownloadsDep, EventsDep, ServingDep, SettingsDep, StoreDep, WatchDep, Writer,
+                          etag)
 from app.api.errors import ApiError
 from app.api.schemas import RegisterDownload, StartDownload, WriteResult
 from app.api.routes.hub import hub_error
@@ -69,7 +70,7 @@ def resume(download_id: str, who: Writer, downloads: DownloadsDep) -> dict:
 @router.post("/{download_id}/register", status_code=201, response_model=WriteResult)
 async def register(download_id: str, body: RegisterDownload, base: BaseRevision, who: Writer, store: StoreDep,
                    serving: ServingDep, downloads: DownloadsDep, watch: WatchDep, events: EventsDep,
-                   response: Response) -> dict:
+                   settings: SettingsDep, response: Response) -> dict:
     """Add a finished download to the registry in one call (served at once unless serve: false)."""
     record = _get(downloads, download_id)
     if record["state"] != "completed":
@@ -84,6 +85,7 @@ async def register(download_id: str, body: RegisterDownload, base: BaseRevision,
                            **({"engine": body.engine} if body.engine else {}))
     except ValidationError as exc:
         raise ApiError(400, "invalid_model", describe(exc)) from None
+    changes.allowed_here(settings, entry)  # e.g. engine.extra_args.trust_remote_code without the host setting
     write = partial(store.edit, base, lambda doc: add_model(doc, entry))
     result = await changes.commit(serving, watch, events, who, write, "add from download", model_id)
     response.headers.update(etag(result["revision"]))

@@ -8,11 +8,11 @@ from typing import Any
 from fastapi import APIRouter, Response
 
 from app.api import changes
-from app.api.deps import BaseRevision, EventsDep, ServingDep, StoreDep, WatchDep, Writer, etag
+from app.api.deps import BaseRevision, EventsDep, ServingDep, SettingsDep, StoreDep, WatchDep, Writer, etag
 from app.api.errors import ApiError
 from app.api.schemas import ModelCreate, ModelUpdate, WriteResult
 from app.engines.sources import missing_packages
-from app.registry.edits import ModelNotFound, add_model, remove_model, update_model
+from app.registry.edits import ModelNotFound, add_model, model_entry, remove_model, update_model
 from app.registry.schema import MODEL_ID_PATTERN, ModelEntry
 
 router = APIRouter(prefix="/api/models", tags=["models"])
@@ -36,7 +36,11 @@ def public(entry: ModelEntry, runtime: dict | None) -> dict[str, Any]:
 def installed_source(model_id: str, source: str | None) -> None:
     """Refuse a ``package:`` source this install does not have (the box would refuse to start on it)."""
     if source is not None:
-        missing = missing_packages([ModelEntry(id=model_id, source=source)])
+        try:
+            entry = ModelEntry(id=model_id, source=source)
+        except ValueError:  # pydantic's ValidationError is one: the write's own validation names the bad source
+            return
+        missing = missing_packages([entry])
         if missing:
             raise ApiError(400, "source_not_installed", f"{missing[0]}: package: sources name weights inside a "
                            "Python package of this install; use a Hugging Face repo id or an absolute path")
@@ -68,9 +72,10 @@ async def get_model(model_id: str, store: StoreDep, serving: ServingDep, respons
 
 @router.post("", status_code=201, response_model=WriteResult)
 async def add(body: ModelCreate, base: BaseRevision, who: Writer, store: StoreDep, serving: ServingDep,
-              watch: WatchDep, events: EventsDep, response: Response) -> dict:
+              watch: WatchDep, events: EventsDep, settings: SettingsDep, response: Response) -> dict:
     """Add a model (If-Match: the revision it is based on)."""
     installed_source(body.id, body.source)
+    changes.allowed_here(settings, body)
     write = partial(store.edit, base, lambda doc: add_model(doc, body))
     result = await changes.commit(serving, watch, events, who, write, "add", body.id)
     response.headers.update(etag(result["revision"]))
@@ -79,14 +84,22 @@ async def add(body: ModelCreate, base: BaseRevision, who: Writer, store: StoreDe
 
 @router.patch("/{model_id}", response_model=WriteResult)
 async def edit(model_id: str, body: ModelUpdate, base: BaseRevision, who: Writer, store: StoreDep,
-               serving: ServingDep, watch: WatchDep, events: EventsDep, response: Response) -> dict:
+               serving: ServingDep, watch: WatchDep, events: EventsDep, settings: SettingsDep,
+               response: Response) -> dict:
     """Change fields of a model, e.g. toggle serve / always_on or set idle_timeout_s."""
     fields = body.model_dump(exclude_unset=True)
     if not fields:
         raise ApiError(400, "empty_change", "send at least one field to change")
     model_id = checked_id(model_id)  # here, not in the edit: that runs under the registry's lock
     installed_source(model_id, fields.get("source"))
-    write = partial(store.edit, base, lambda doc: update_model(doc, model_id, fields))
+
+    def change(doc) -> None:
+        update_model(doc, model_id, fields)
+        merged = model_entry(doc, model_id)  # the model as the edit leaves it: nested engine settings merge
+        if merged is not None:
+            changes.allowed_here(settings, merged, fields)  # raised under the lock, before anything is written
+
+    write = partial(store.edit, base, change)
     result = await changes.commit(serving, watch, events, who, write, "edit", model_id)
     response.headers.update(etag(result["revision"]))
     entry = store.read().get(model_id)
