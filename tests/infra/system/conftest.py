@@ -37,9 +37,10 @@ def expected() -> dict:
     defaults = {**role_defaults("llmbox_app"), **role_defaults("lxc_host")}
     container_vars = ["llmbox_app_ui_enabled", "llmbox_app_user", "llmbox_app_data_dir", "llmbox_app_registry_path",
                       "llmbox_app_registry_mode", "llmbox_app_serve_port", "llmbox_app_api_port", "llmbox_app_ui_port",
-                      "llmbox_app_environment_file"]
+                      "llmbox_app_environment_file", "llmbox_app_api_keys", "llmbox_app_hf_token"]
     host_vars = ["lxc_host_container_name", "lxc_host_gpu_passthrough", "lxc_host_gpu_device_dir",
-                 "lxc_host_gpu_proc_devices", "lxc_host_data_dir"]
+                 "lxc_host_gpu_proc_devices", "lxc_host_data_dir", "lxc_host_unprivileged", "lxc_host_idmap_base",
+                 "lxc_host_idmap_count", "lxc_host_bridge", "lxc_host_container_address", "lxc_host_published_ports"]
     c = "hostvars[groups['llmbox'][0]]"
     h = "hostvars[groups['lxc_hosts'][0]]"
     fields = [f"'{v}': {c}.{v} | default('__unset__')" for v in container_vars]

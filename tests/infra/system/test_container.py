@@ -30,12 +30,22 @@ def http(container, method: str, url: str, body: dict | None = None, key: str | 
     return int(status), text
 
 
+def env_files(settings) -> dict[str, str]:
+    """The role's environment files: settings, the :8000 keys (deploy only), the HF token (API only)."""
+    folder = Path(settings["llmbox_app_environment_file"]).parent
+    return {"settings": settings["llmbox_app_environment_file"], "keys": str(folder / "api-keys.env"),
+            "hub": str(folder / "hub.env")}
+
+
 @pytest.fixture(scope="module")
 def env(container, settings) -> dict:
-    """The environment file the units run with (it holds the API keys)."""
-    text = container.file(settings["llmbox_app_environment_file"]).content_string
-    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
-    return {k: v.strip('"') for k, v in pairs}
+    """What the environment files hold together (settings, the API keys, the HF token)."""
+    values = {}
+    for path in env_files(settings).values():
+        text = container.file(path).content_string
+        pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
+        values.update({k: v.strip('"') for k, v in pairs})
+    return values
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +80,25 @@ def test_unit_is_hardened(container, settings, unit):
     assert props["NoNewPrivileges"] == "yes"
     assert props["Restart"] == "on-failure"
     assert props["ProtectSystem"] == "strict"
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_unit_has_the_l13_hardening(container, unit):
+    """No capabilities, no namespaces, no kernel modules or logs, a syscall allow-list, umask 0027."""
+    names = ["UMask", "CapabilityBoundingSet", "RestrictNamespaces", "ProtectKernelModules", "ProtectKernelLogs",
+             "LockPersonality", "SystemCallFilter", "SystemCallErrorNumber"]
+    show = container.run(f"systemctl show {unit} --property={','.join(names)}").stdout
+    props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    assert props["UMask"] == "0027"
+    assert props["CapabilityBoundingSet"] == ""
+    assert props["RestrictNamespaces"] == "yes"
+    assert (props["ProtectKernelModules"], props["ProtectKernelLogs"], props["LockPersonality"]) == ("yes",) * 3
+    allowed = props["SystemCallFilter"].split()
+    assert "read" in allowed and "init_module" not in allowed and "kexec_load" not in allowed, allowed[:20]
+    assert props["SystemCallErrorNumber"] in ("EPERM", "1")
+    main = container.run(f"systemctl show {unit} --property=MainPID --value").stdout.strip()
+    if main not in ("", "0"):  # llmbox-deploy is a oneshot: its driver has exited
+        assert "Seccomp:\t2" in container.run(f"cat /proc/{main}/status").stdout, f"{unit}: no seccomp filter"
 
 
 def test_ui_unit_matches_the_switch(container):
@@ -132,9 +161,31 @@ def test_registry_and_models_live_on_the_host_bind_mount(container, settings):
 
 
 def test_secrets_files_are_private(container, settings):
-    env_file = container.file(settings["llmbox_app_environment_file"])
-    assert (env_file.user, env_file.group, env_file.mode) == ("root", settings["llmbox_app_user"], 0o640)
+    for kind, path in env_files(settings).items():
+        env_file = container.file(path)
+        # Settings readable by the service; the secrets root's alone (systemd reads them as root).
+        expected = ("root", settings["llmbox_app_user"], 0o640) if kind == "settings" else ("root", "root", 0o600)
+        assert (env_file.user, env_file.group, env_file.mode) == expected, path
     tokens = container.file(str(Path(settings["llmbox_app_environment_file"]).parent / "admin-tokens"))
     assert (tokens.user, tokens.mode) == (settings["llmbox_app_user"], 0o600)
     rows = [line.split() for line in tokens.content_string.splitlines() if line and not line.startswith("#")]
     assert rows and all(len(r) == 3 and r[2].startswith("sha256:") for r in rows), "tokens must be stored hashed"
+
+
+def test_settings_file_holds_no_secret(container, settings):
+    text = container.file(settings["llmbox_app_environment_file"]).content_string
+    assert "LLMBOX_API_KEYS=" not in text and "HF_TOKEN=" not in text
+
+
+def test_app_source_has_no_inventory_vault_or_password_and_nothing_writable(container):
+    """pack-source.sh keeps the controller's inventory, vaults and password files out of the container."""
+    app = "/opt/llmbox/app"
+    assert container.file(f"{app}/scripts/install.sh").exists  # the source is there
+    for absent in ("inventory", "molecule", "ansible/example-vault-password"):
+        assert not container.file(f"{app}/{absent}").exists, f"{app}/{absent} was shipped"
+    found = container.run(f"find {app} \\( -iname '*vault*' -o -iname '*password*' \\) -print").stdout.split()
+    assert not found, found
+    vaults = container.run(f"grep -rlI --exclude-dir=__pycache__ '^\\$ANSIBLE_VAULT;' {app} || true").stdout.split()
+    assert not vaults, f"Ansible Vault files in the container: {vaults}"
+    writable = container.run(f"find {app} -perm -o+w ! -type l -print").stdout.split()
+    assert not writable, f"world-writable in the app source: {writable}"

@@ -80,3 +80,31 @@ def test_nvidia_userspace_refuses_without_the_devices():
     rc, out = preflight("nvidia_userspace", "llmbox", nvidia_userspace_enabled=True,
                         nvidia_userspace_device_dir="/nonexistent")
     assert rc != 0 and "does not see the NVIDIA devices" in out, out[-2000:]
+
+
+# The example vault's public values (inventory/group_vars/llmbox/vault.yml, password committed).
+EXAMPLE_SECRETS = {
+    "llmbox_app_api_keys": ["example-key-097527ac9296fd97c6fdc0ab4aae19ca"],
+    "llmbox_app_admin_tokens": [{"name": "admin", "scope": "admin",
+                                 "sha256": "sha256:a45a4ed144594e446dfe4575d3aab5ffe2a1faf537e7d5f5509ef163d56dc537"}],
+}
+
+
+def test_llmbox_app_refuses_the_example_vaults_values():
+    rc, out = preflight("llmbox_app", "llmbox", llmbox_app_host="127.0.0.1", **EXAMPLE_SECRETS)
+    assert rc != 0 and "the example vault's public values" in out and "ansible-vault create" in out, out[-2000:]
+    assert "an API key (llmbox_app_api_keys) and an admin token (llmbox_app_admin_tokens)" in out, out[-2000:]
+
+
+def test_llmbox_app_accepts_them_only_when_told_and_on_loopback():
+    rc, out = preflight("llmbox_app", "llmbox", llmbox_app_host="127.0.0.1", llmbox_app_allow_example_secrets=True,
+                        **EXAMPLE_SECRETS)
+    assert rc == 0, out[-2000:]
+    rc, out = preflight("llmbox_app", "llmbox", llmbox_app_host="0.0.0.0", llmbox_app_allow_example_secrets=True,
+                        **EXAMPLE_SECRETS)
+    assert rc != 0 and "the example vault's public values" in out, out[-2000:]
+
+
+def test_llmbox_app_accepts_the_scenarios_own_secrets():
+    rc, out = preflight("llmbox_app", "llmbox")
+    assert rc == 0, out[-2000:]
