@@ -51,13 +51,11 @@ def make_temp_dir(settings: Settings) -> Path:
     Its /tmp name is predictable, so another user could create it first and then own Ray's
     sessions, sockets and logs: such a directory is refused, never used."""
     path = temp_dir(settings)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     try:
-        path.mkdir(mode=0o700, parents=False)
+        path.mkdir(mode=0o700)
     except FileExistsError:
-        pass
-    except FileNotFoundError:  # under a state dir that does not exist yet
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        path.mkdir(mode=0o700, exist_ok=True)
+        pass  # checked below: a symlink or another user's directory is refused
     info = os.lstat(path)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
         raise RuntimeError(f"Ray's temp dir {path} is not a directory of this user (uid {os.getuid()}): someone "

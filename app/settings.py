@@ -111,22 +111,20 @@ class Settings(BaseSettings):
         "paths; symlinks are resolved before the check). Default: only models_dir.",
     )
 
-    @field_validator("model_roots", mode="before")
+    @field_validator("api_keys", "allowed_hosts", "model_roots", mode="before")
     @classmethod
-    def _split_roots(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = [Path(p.strip()) for p in value.split(",") if p.strip()]
-        for path in value if isinstance(value, list) else ():
-            if not Path(path).is_absolute():
-                raise ValueError(f"LLMBOX_MODEL_ROOTS: {str(path)!r} is not an absolute path")
-        return value
-
-    @field_validator("api_keys", "allowed_hosts", mode="before")
-    @classmethod
-    def _split_keys(cls, value: object) -> object:
-        # Environment variables hold one string; accept "key1,key2".
+    def _split_lists(cls, value: object) -> object:
+        # Environment variables hold one string; accept "a,b".
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("model_roots")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"LLMBOX_MODEL_ROOTS: {str(path)!r} is not an absolute path")
         return value
 
     @model_validator(mode="after")
