@@ -14,7 +14,6 @@ import hashlib
 import json
 import math
 import os
-import secrets
 import signal
 import stat
 import subprocess
@@ -28,6 +27,7 @@ from app.engines.llm_config import gpu_resource
 from app.gpu import nvml
 from app.gpu.footprint import GIB
 from app.settings import Settings, without_secrets
+from app.web import shared_secret
 
 NAMESPACE = "llmbox"  # the Ray namespace of the box's own actors (the model manager)
 
@@ -78,11 +78,7 @@ def auth_token_path(settings: Settings) -> Path:
 def ray_variables(settings: Settings) -> dict[str, str]:
     """The variables every process of this box's Ray cluster, drivers included, must have."""
     token = auth_token_path(settings)
-    if not token.exists():
-        token.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_hex(32))
+    shared_secret.ensure(token)
     return {
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single-node mode: the node address stays 127.0.0.1
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -90,6 +86,9 @@ def ray_variables(settings: Settings) -> dict[str, str]:
         # Token auth with our own token file, rather than whatever ~/.ray/auth_token holds.
         "RAY_AUTH_MODE": "token",
         "RAY_AUTH_TOKEN_PATH": str(token),
+        # Ray starts its workers (the router, the engines) at niceness 15 by default: on a host that
+        # also runs OpenWebUI or a build, the serving path would lose every core to them.
+        "RAY_worker_niceness": "0",
         # Every process of this head inherits this mark (workers and vLLM engines too), which is
         # how stop() finds exactly our processes: not all of them name the temp dir.
         _MARK: str(temp_dir(settings)),

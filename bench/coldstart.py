@@ -70,7 +70,7 @@ def main() -> None:
             httpx.post(f"{url}/models/unload", json={"model": model}, headers=control(settings), timeout=120)
         for _ in range(args.runs):
             started = time.time()
-            with vllm_serve(settings.models_dir / "tiny", settings.state_dir / "vllm-cache") as (bare, healthy_s):
+            with vllm_serve(settings.models_dir / "tiny", settings.state_dir / "vllm-cache") as (bare, healthy_s, _):
                 token = first_token(bare, "bare")
             theirs.append({"engine start (to healthy)": healthy_s, "first token": token - started - healthy_s,
                            "total": token - started})

@@ -73,6 +73,7 @@ class EngineHost:
     models_dir: Path | None = None  # where Hugging Face downloads live (app/hub/paths.py)
     model_roots: tuple[Path, ...] = ()  # further folders absolute sources may be in (LLMBOX_MODEL_ROOTS)
     allow_remote_code: bool = False  # LLMBOX_ALLOW_REMOTE_CODE (app/engines/host_rules.py)
+    replica_secret: Path | None = None  # the file of the secret only the router sends (model_server.py)
 
 
 def app_name(model_id: str) -> str:
@@ -138,6 +139,8 @@ def llm_config_dict(entry: ModelEntry, host: EngineHost, placement: Placement | 
             bundle[gpu_resource(index)] = math.ceil(placement.per_device_gb * 100) / 100
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpus)
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering = NVML's (CUDA's default is fastest first)
+    if host.replica_secret is not None:  # the path, not the secret: the config is logged and compared
+        env["LLMBOX_REPLICA_SECRET_FILE"] = str(host.replica_secret)
     env.update(entry.engine.env)  # the schema refused any variable set here or outside the allow-list
     bundles = [bundle]
     # Weights are always a local folder (a revision is chosen by the download), so the engine

@@ -1,5 +1,12 @@
 """The model replica: ray.serve.llm's LLMServer plus what the model manager asks of it.
 
+The data path: the replica serves vLLM's own OpenAI app (the one `vllm serve` runs, built by
+ray.serve.llm on this replica's engine) with its own HTTP server, on a port of its own that only
+the router may use (the box's replica secret, app/web/shared_secret.py). So a request costs what
+it costs under `vllm serve`, and every route vLLM has for the model (chat, completions, responses,
+Anthropic messages, tokenize, embeddings, score, rerank, ...) is there. ``engine_info`` reports the
+port, and the router forwards request bytes to it (app/serving/proxy.py).
+
 ``engine_info`` tells the manager which engine processes to watch (so it notices a crash within
 a second, instead of Serve restarting the replica on its own ~35 s later), and, after an engine
 died, its exit code and the last error line of the replica's log. ``metrics`` is vLLM's own
@@ -8,6 +15,8 @@ Prometheus text of this replica (running and waiting requests, for tests and ope
 
 from __future__ import annotations
 
+import asyncio
+import os
 import signal
 from typing import Any
 
@@ -15,13 +24,43 @@ import psutil
 from ray.serve.llm.deployment import LLMServer
 
 from app.engines.engine_logs import last_error_line, own_log
+from app.web import shared_secret
+from app.web.listener import listen
 
 ENGINE_PREFIX = "VLLM"  # vLLM titles its processes VLLM::EngineCore, VLLM::Worker_TP0, ...
+SECRET_FILE_VARIABLE = "LLMBOX_REPLICA_SECRET_FILE"  # set in the replica's runtime_env (llm_config.py)
+# Where the native app listens: the router runs on this node (one box). Worker nodes will listen on
+# the cluster's interface, still behind the secret.
+REPLICA_HOST = "127.0.0.1"
 
 
 class ModelServer(LLMServer):
+    _native = None  # the native app's HTTP server, once started
+    _starting: asyncio.Lock | None = None
+
+    async def endpoint(self) -> dict[str, Any]:
+        """Where this replica serves vLLM's OpenAI app (started on the first call)."""
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._native is None:
+                path = os.environ.get(SECRET_FILE_VARIABLE)
+                if not path:
+                    raise RuntimeError(f"{SECRET_FILE_VARIABLE} is not set: the replica would serve without "
+                                       "the router's secret")
+                app = shared_secret.RequireSecret(await self.__serve_build_asgi_app__(), shared_secret.read(path))
+                # The router keeps its connections (app/serving/proxy.py IDLE_S): keep them longer.
+                self._native = await listen(app, REPLICA_HOST, 0, keep_alive_s=120.0)
+        return {"host": REPLICA_HOST, "port": self._native.port}
+
+    def __del__(self) -> None:
+        """Serve stops the replica: stop accepting (what is in flight ends with the engine)."""
+        if self._native is not None:
+            self._native.should_exit = True
+
     async def engine_info(self) -> dict[str, Any]:
-        """This replica's pid, its engine processes, any that exited (with exit code), its log."""
+        """This replica's pid, its engine processes, any that exited (with exit code), its log, and
+        where it serves HTTP."""
         me = psutil.Process()
         children = []
         for child in me.children(recursive=True):
@@ -32,7 +71,8 @@ class ModelServer(LLMServer):
         engines = [c for c in children if c["name"].startswith(ENGINE_PREFIX)] or children
         log = own_log()
         return {"pid": me.pid, "create_time": me.create_time(), "processes": engines,
-                "exited": _exited(self.engine), "log": log, "last_error": last_error_line(log)}
+                "exited": _exited(self.engine), "log": log, "last_error": last_error_line(log),
+                "endpoint": await self.endpoint()}
 
     async def metrics(self) -> str:
         """vLLM's Prometheus metrics of this replica's engine."""

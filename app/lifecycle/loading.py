@@ -63,6 +63,9 @@ class Loading:
                     if error:
                         return await self._fail(rt, error)
                     info = await self._engine_info(model_id)
+                    if not (info and info.get("endpoint")):  # requests go to that port (app/serving/proxy.py)
+                        return await self._fail(rt, "its replica did not report the port it serves on "
+                                                "(its log says why: var/ray/session_latest/logs/serve/)")
                     if self._config_key(rt.entry) == rt.config_key:
                         break
                     log.info("engine settings of %s changed during its load: loading it again", model_id)
@@ -123,8 +126,9 @@ class Loading:
     def _watch(self, rt: Runtime, info: dict[str, Any] | None) -> None:
         """Record the processes the watchdog checks from now on."""
         if not info:
-            rt.processes, rt.log_path = [], None
+            rt.processes, rt.log_path, rt.endpoint = [], None, None
             return
+        rt.endpoint = info.get("endpoint")
         rt.processes = [Process(info["pid"], info["create_time"], "replica", "replica")]
         rt.processes += [Process(p["pid"], p["create_time"], p["name"], "engine") for p in info.get("processes", [])]
         rt.log_path = info.get("log")

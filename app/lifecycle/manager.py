@@ -66,7 +66,8 @@ class ModelManager(Loading, Unloading, Watching):
         self.store = RegistryStore(config.registry_path)
         self.host = EngineHost(device=config.device, cache_dir=Path(config.cache_dir),
                                models_dir=Path(config.models_dir), model_roots=tuple(map(Path, config.model_roots)),
-                               allow_remote_code=config.allow_remote_code)
+                               allow_remote_code=config.allow_remote_code,
+                               replica_secret=Path(config.replica_secret_path) if config.replica_secret_path else None)
         self.events = EventLog(Path(config.state_dir) / "events.jsonl")
         self.measurements = Measurements(config.state_dir)
         self.memory = memory or (NvmlMemory() if config.device == "gpu" else CpuBudget(config.cpu_memory_budget_gb))
@@ -81,6 +82,8 @@ class ModelManager(Loading, Unloading, Watching):
         self._reconciling = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._starting: asyncio.Future | None = None  # recovery, then the loops: once per actor
+        self._publishing = False  # a push of the views to the routers is due
+        self._push: asyncio.Task | None = None  # the last push
 
     # --- start-up, recovery and the registry --------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -119,8 +122,9 @@ class ModelManager(Loading, Unloading, Watching):
             info = None
             if entry is not None and entry.serve and app.status == "RUNNING":
                 info = await self._engine_info(model_id)
-            if info is None:
-                await asyncio.to_thread(self.apps.delete, model_id)  # half-started or unwanted: decide anew
+            if info is None or not info.get("endpoint"):  # half-started, unwanted or from before the
+                # native data path: decide anew
+                await asyncio.to_thread(self.apps.delete, model_id)
                 continue
             rt = self._runtime(entry, registry)
             rt.state, rt.since = State.READY, self.clock()  # adopted as it is, not a transition
@@ -149,6 +153,8 @@ class ModelManager(Loading, Unloading, Watching):
                 actions[model_id] = await self._guarded(model_id, self._remove(self.models[model_id]), "removed")
             for entry in registry.models:
                 actions[entry.id] = await self._guarded(entry.id, self._apply_entry(entry, registry))
+            self._publish()  # models added, removed or (un)served change what routers list
+            await self._pushed()
             return {"revision": registry.revision, "actions": actions}
 
     async def _guarded(self, model_id: str, work, done: str | None = None) -> str:
@@ -363,6 +369,7 @@ class ModelManager(Loading, Unloading, Watching):
             return self._answer(Outcome.DOWNLOADING, rt)
         if rt.state in (State.UNLOADED, State.FAILED):
             self._start_load(rt)
+        await self._pushed()
         return self._answer(Outcome.OK, rt)
 
     async def unload(self, model_id: str) -> dict[str, Any]:
@@ -372,6 +379,7 @@ class ModelManager(Loading, Unloading, Watching):
         if rt is None:
             return {"outcome": Outcome.UNKNOWN}
         await self._unload(rt, "manual")
+        await self._pushed()
         return self._answer(Outcome.OK, rt)
 
     async def cluster(self) -> dict[str, Any]:
@@ -390,6 +398,29 @@ class ModelManager(Loading, Unloading, Watching):
             rt.admitted = False  # loaded (then it holds its memory) or not loading any more
         if state in (State.UNLOADED, State.FAILED):
             rt.placement = None  # its devices are free of it
+        self._publish()
+
+    def _publish(self) -> None:
+        """Push every model's view to the routers soon: one push for the changes of one moment
+        (each router answers /v1/models from the last one it got)."""
+        if self._publishing:
+            return
+        self._publishing = True
+
+        async def push() -> None:
+            self._publishing = False
+            await self.routers.publish(self._views())
+
+        try:
+            self._push = self._spawn(push(), "publish")
+        except RuntimeError:  # no running loop (a test's synchronous set-up): the next change pushes
+            self._publishing = False
+
+    async def _pushed(self) -> None:
+        """The routers have the views of the changes made so far (before a caller's answer, so that
+        /v1/models agrees with what load, unload or reconcile just did)."""
+        while self._push is not None and not self._push.done():
+            await asyncio.shield(self._push)
 
     def _event(self, kind: str, rt: Runtime, **data: Any) -> None:
         try:

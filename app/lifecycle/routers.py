@@ -21,7 +21,7 @@ from app.lifecycle.runtime import DIRECT, Runtime
 log = logging.getLogger("llmbox.manager")
 
 ROUTER_DEPLOYMENT = "Router"  # the router's Serve deployment name (app/serving/router.py)
-USAGE, REVOKE = "usage", "revoke"  # the router methods the manager calls
+USAGE, REVOKE, MODELS_CHANGED = "usage", "revoke", "models_changed"  # the router methods the manager calls
 TIMEOUT_S = 5.0  # a router that does not answer in time is taken to be busy (and asked again later)
 
 
@@ -71,6 +71,11 @@ class RouterLink:
         if app not in self._handles:  # once per router: status and the reaper ask often
             self._handles[app] = serve.get_deployment_handle(ROUTER_DEPLOYMENT, app_name=app)
         return await getattr(self._handles[app], method).remote(*args)
+
+    async def publish(self, views: list[dict[str, Any]]) -> None:
+        """Give every router the models' views (they answer /v1/models from them)."""
+        if self.apps:
+            await self.ask(MODELS_CHANGED, views)
 
     # --- the counts, per model -------------------------------------------------------------
     async def read_usage(self, models: Mapping[str, Runtime]) -> None:

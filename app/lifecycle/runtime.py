@@ -32,6 +32,7 @@ class ManagerConfig:
     cpu_memory_budget_gb: float | None = None
     model_roots: tuple[str, ...] = ()  # LLMBOX_MODEL_ROOTS: absolute sources may be there besides models_dir
     allow_remote_code: bool = False  # LLMBOX_ALLOW_REMOTE_CODE (app/engines/host_rules.py)
+    replica_secret_path: str | None = None  # the secret model replicas require from the router
     load_timeout_s: float = 600.0
     reaper_interval_s: float = 0.5  # an idle model goes at most this late (plus its unload)
     watch_interval_s: float = 1.0  # how often READY models' replicas and engine processes are checked
@@ -75,6 +76,7 @@ class ModelView(TypedDict, total=False):
     last_load_s: float | None
     last_error: str | None
     pids: list[int]
+    endpoint: dict[str, Any]  # while READY: where its replica serves vLLM's OpenAI app (host, port)
     loading: dict[str, Any]  # while LOADING or RESTARTING: state, elapsed_s, expected_s
     retry_in_s: float  # while FAILED
     missing: str  # while the weights are not downloaded
@@ -100,6 +102,7 @@ class Runtime:
     placement: Placement | None = None  # where admission put it and what it booked there
     processes: list[Process] = field(default_factory=list)  # replica + engine processes the watchdog checks
     log_path: str | None = None  # the replica's log (its last error line goes into a crash event)
+    endpoint: dict[str, Any] | None = None  # where its replica serves HTTP (app/engines/model_server.py)
     failures: int = 0
     crashes: deque = field(default_factory=deque)  # when its engine crashed (within crash_window_s)
     config_key: str = ""  # the engine config it was (or is being) loaded with
@@ -166,6 +169,8 @@ class Runtime:
             budget_gb=round(self.placement.per_device_gb, 3) if self.placement else None,
             budget=self.budget.as_gb() if self.budget else None,
         )
+        if self.state == State.READY and self.endpoint:
+            view["endpoint"] = self.endpoint
         if self.entry.embed_prefixes is not None:
             view["embed_prefixes"] = self.entry.embed_prefixes.model_dump()
         if self.state in (State.LOADING, State.RESTARTING):

@@ -114,6 +114,8 @@ def manager_unavailable(exc: BaseException) -> JSONResponse:
 
 def describe(exc: BaseException) -> str:
     """The engine's own words for a failed call to a model replica, without Ray's wrapping."""
+    if isinstance(exc, ConnectionError):  # the data path's own words (app/serving/proxy.py UpstreamError)
+        return str(exc)
     cause = getattr(exc, "cause", None) or exc
     name = type(cause).__name__
     if "ActorDied" in name or "ActorUnavailable" in name or "RayActorError" in name:
@@ -123,7 +125,12 @@ def describe(exc: BaseException) -> str:
 
 def engine_error(model_id: str, exc: BaseException) -> JSONResponse:
     log.warning("request to %s failed: %r", model_id, exc)  # the whole story, for the operator
-    return unavailable(503, f"model {model_id!r} failed while answering: {describe(exc)}", "model_error", 2)
+    return engine_failed(model_id, describe(exc))
+
+
+def engine_failed(model_id: str, why: str) -> JSONResponse:
+    """503 for a model whose engine failed (or answered with a server error) while answering."""
+    return unavailable(503, f"model {model_id!r} failed while answering: {why}", "model_error", 2)
 
 
 def engine_error_event(model_id: str, exc: BaseException) -> str:
@@ -131,17 +138,27 @@ def engine_error_event(model_id: str, exc: BaseException) -> str:
     return sse(body(f"model {model_id!r} failed while answering: {describe(exc)}", "server_error", "model_error"))
 
 
-def from_engine(model_id: str, item) -> JSONResponse:
-    """An error the engine answered with (an ErrorResponse item), with its own status code."""
-    info = item.error
-    status = int(info.code) if str(info.code).isdigit() else 500
-    return error(status, f"model {model_id!r}: {clean(info.message)}", info.type or "invalid_request_error",
-                 str(info.code), param=info.param)
-
-
-def from_engine_event(model_id: str, item) -> str:
-    info = item.error
-    return sse(body(f"model {model_id!r}: {clean(info.message)}", info.type or "server_error", str(info.code)))
+def from_engine_answer(model_id: str, status: int, raw: bytes, path: str = "") -> JSONResponse:
+    """An error answer of the model's own vLLM app (``{"error": {message, type, param, code}}``, or
+    FastAPI's ``{"detail": ...}``), with its status, naming the model; internals cleaned."""
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = None
+    info = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(info, dict):
+        detail = data.get("detail") if isinstance(data, dict) else None
+        info = {"message": detail if detail is not None else raw[:2000].decode("utf-8", "replace")}
+    message = clean(str(info.get("message")))
+    if status >= 500:
+        return engine_failed(model_id, message)
+    if status == 404 and message == "Not Found":  # the route, not the model: its task has no such route
+        message = f"{path or 'this route'} is not served for this model's task"
+    kind = info.get("type")
+    if not (isinstance(kind, str) and kind.endswith("_error")):  # vLLM says "Bad Request" and the like
+        kind = "invalid_request_error" if status < 500 else "server_error"
+    return error(status, f"model {model_id!r}: {message}", kind, str(info.get("code") or status),
+                 param=info.get("param"))
 
 
 ERROR_EVENT = 'data: {"error"'

@@ -22,19 +22,24 @@ def bad_input_type(body: dict[str, Any]) -> str | None:
     return f"input_type {value!r} is not one of {', '.join(INPUT_TYPES)}"
 
 
-def with_prefix(parsed, prefixes: dict[str, str] | None):
-    """The embeddings request with the model's prefix on each text input (see the module docstring)."""
+def with_prefix(body: dict[str, Any], prefixes: dict[str, str] | None) -> dict[str, Any] | None:
+    """The embeddings request body with the model's prefix on each text input and without our
+    ``input_type`` (see the module docstring); None when the body goes as it came."""
+    if not prefixes and "input_type" not in body:
+        return None
+    body = dict(body)
+    input_type = body.pop("input_type", None) or "document"
     if not prefixes:
-        return parsed
-    prefix = prefixes.get(getattr(parsed, "input_type", None) or "document") or ""
+        return body
+    prefix = prefixes.get(input_type) or ""
     known = tuple(p for p in prefixes.values() if p)
 
     def add(text: str) -> str:
         return text if not prefix or text.startswith(known) else prefix + text
 
-    inputs = parsed.input
+    inputs = body.get("input")
     if isinstance(inputs, str):
-        return parsed.model_copy(update={"input": add(inputs)})
-    if isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs):
-        return parsed.model_copy(update={"input": [add(i) for i in inputs]})
-    return parsed
+        body["input"] = add(inputs)
+    elif isinstance(inputs, list) and inputs and all(isinstance(i, str) for i in inputs):
+        body["input"] = [add(i) for i in inputs]
+    return body

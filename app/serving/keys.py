@@ -76,6 +76,8 @@ class RequireKey:
             headers = dict(scope["headers"])
             scheme, _, secret = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
             secret = secret.strip() if scheme.lower() == "bearer" else ""
+            # Anthropic's clients send their key as x-api-key (/v1/messages)
+            secret = secret or headers.get(b"x-api-key", b"").decode("latin-1").strip()
             key = self._verify(state, secret) if secret else None
             if key is None and need == "control":
                 return await self._refuse(scope, receive, send, 401, "loading and unloading models needs a key "

@@ -3,11 +3,16 @@
 It resolves models from the model manager's live state (so new models appear without a
 redeploy), asks the manager to load a model on demand, keeps clients informed while it loads or
 restarts (SSE heartbeats when streaming, 503 + Retry-After otherwise), and forwards to the
-model's own Serve application. Every error leaves in the OpenAI shape (app/serving/answers.py).
+model's replica. Every error leaves in the OpenAI shape (app/serving/answers.py).
 
-Two things keep the hot path short (bench/overhead): the replica listens on :8000 itself
-(app/serving/listener.py), and a model the manager reported ready is served under a lease
-(app/serving/leases.py): requests skip the manager and are counted here.
+The data path is a byte proxy (bench/overhead): each model replica serves vLLM's own OpenAI app
+on a port of its own (app/engines/model_server.py), and the router reads only what it needs from
+a request (``model``, ``stream``, the sizes it caps), then forwards the body as it came and the
+answer as it comes (app/serving/relay.py, app/serving/proxy.py). vLLM validates the request.
+Three more things keep the hot path short: the router's replica listens on :8000 itself
+(app/web/listener.py); a model the manager reported ready is served under a lease
+(app/serving/leases.py), so requests skip the manager; and ``/v1/models`` answers from the
+snapshot the manager pushes to routers on every change.
 """
 
 from __future__ import annotations
@@ -22,37 +27,36 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
 from ray import serve
-from ray.llm._internal.serve.core.configs.openai_api_models import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingCompletionRequest,
-)
 from starlette.exceptions import HTTPException
-from vllm.exceptions import VLLMClientError
 
-from app.engines.llm_config import DEPLOYMENT_NAME, app_name
 from app.lifecycle import actor
 from app.lifecycle.routers import ROUTER_DEPLOYMENT
 from app.lifecycle.states import Outcome
-from app.openai_errors import HTTP_CODES, clean
+from app.openai_errors import HTTP_CODES
 from app.serving import answers, embed_prefixes, metrics
 from app.serving.answers import DONE, error
 from app.serving.keys import KeyFile, RequireKey
 from app.serving.leases import Leases
-from app.serving.listener import listen
+from app.serving.proxy import Upstream, UpstreamError
+from app.serving.relay import Relay
 from app.serving.streaming import EngineStream
+from app.web import shared_secret
 from app.web.hosts import AllowedHosts
 from app.web.limits import BodyLimit, InFlightLimit, JsonOnly
+from app.web.listener import listen
 
 log = logging.getLogger("llmbox.router")
 MAX_BODY_BYTES = 8 * 1024 * 1024
 # The sampling fields whose size :8000 caps (RouterConfig.max_n, max_tokens).
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
-# ray.serve.llm's own request models: the same validation the engine side applies.
-REQUEST_CLASSES = {"chat": ChatCompletionRequest, "completions": CompletionRequest,
-                   "embeddings": EmbeddingCompletionRequest}
+TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+# The POST routes of vLLM's OpenAI app that name a model in their body: each is forwarded to that
+# model's replica as it is (vLLM answers 404 for a route the model's task has not, e.g. chat on
+# an embedding model). Anthropic's Messages API included; see docs/design.md.
+MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
+                "/v1/messages/count_tokens", "/tokenize", "/detokenize", "/v1/score", "/score", "/v1/rerank",
+                "/rerank", "/v2/rerank", "/pooling", "/classify")
+SNAPSHOT_TTL_S = 1.0  # /v1/models answers from the pushed snapshot, refreshed in the background after this
 
 
 @dataclass(frozen=True)
@@ -71,14 +75,7 @@ class RouterConfig:
     max_in_flight: int = 512
     max_n: int = 16
     max_tokens: int = 65536
-
-
-def _head(item):
-    return item[0] if isinstance(item, list) and item else item
-
-
-def _is_error(item) -> bool:
-    return type(item).__name__ == "ErrorResponse"
+    replica_secret_path: str | None = None  # the secret model replicas require (app/web/shared_secret.py)
 
 
 def _once(action):
@@ -92,6 +89,10 @@ def _once(action):
             action()
 
     return call
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 api = FastAPI(title="llmbox", docs_url=None, redoc_url=None)
@@ -119,8 +120,35 @@ def configure(config: RouterConfig, app: FastAPI) -> None:
     app.state.max_in_flight = config.max_in_flight
 
 
+class ModelRoutes:
+    """The hot path without the framework: a POST to one of MODEL_ROUTES goes from the guards to
+    the router's ``forward`` directly (no route matching over every route, no dependency solving,
+    no Request object, two send wrappers fewer per streamed piece); everything else goes on to
+    FastAPI. The innermost middleware, so every guard has run."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] not in _MODEL_ROUTES:
+            return await self.app(scope, receive, send)
+        pieces, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            pieces.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        router = serve.get_replica_context().servable_object
+        response = await router.forward(scope, pieces[0] if len(pieces) == 1 else b"".join(pieces))
+        await response(scope, receive, send)
+
+
+_MODEL_ROUTES = frozenset(MODEL_ROUTES)
+
 # Outermost last: a request must name this box (rebinding), be JSON (no cross-site form can), carry a
 # key with the route's scope, find a free slot and stay under the size limit, before any handler runs.
+api.add_middleware(ModelRoutes)
 api.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 api.add_middleware(InFlightLimit, limit=lambda scope: scope["app"].state.max_in_flight,
                    open_paths=frozenset({"/health"}))
@@ -128,6 +156,30 @@ api.add_middleware(RequireKey)
 api.add_middleware(JsonOnly)
 api.add_middleware(AllowedHosts, names=lambda scope: scope["app"].state.allowed_hosts)
 configure(RouterConfig(), api)
+
+
+@dataclass(frozen=True)
+class Call:
+    """One request for a model, as the router forwards it."""
+
+    path: bytes  # with its query
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    model_id: str
+    streaming: bool
+    deadline: float  # on the event loop's clock
+
+
+class _Deferred(Response):
+    """A response that is another one, found by awaiting ``pending`` (after ``done``)."""
+
+    def __init__(self, pending, done) -> None:
+        self.background = None
+        self.pending, self.done = pending, done
+
+    async def __call__(self, scope, receive, send) -> None:
+        self.done()
+        await (await self.pending)(scope, receive, send)
 
 
 # Everything the class uses is defined above it: Serve pickles the class when it is decorated.
@@ -139,15 +191,24 @@ class Router:
         self.config = config
         configure(config, api)
         self.manager = actor.handle()  # here, not on the first request: the lookup blocks
-        self._handles: dict[str, Any] = {}
-        self._waits: dict[str, asyncio.Future] = {}  # the one manager.wait per model that waiters share
-        self.leases = Leases()
-        self._prefixes: dict[str, dict[str, str] | None] = {}  # embedding task prefixes per model, from its view
+        self._setup(config)
         # Connections beyond the request cap are idle keep-alives mostly: allow 4x, then 503.
         self._server = await listen(api, config.host, config.port, max_connections=4 * config.max_in_flight)
         context = serve.get_replica_context()
         self.id = context.replica_id.unique_id  # the manager counts this replica's requests under it
         await self.manager.attach_router.remote(context.app_name, context.deployment)
+
+    def _setup(self, config: RouterConfig) -> None:
+        """The state of a router (tests build one without Serve around it)."""
+        self._secret = shared_secret.read(config.replica_secret_path) if config.replica_secret_path else ""
+        self._waits: dict[str, asyncio.Future] = {}  # the one manager.wait per model that waiters share
+        self.leases = Leases()
+        self._prefixes: dict[str, dict[str, str] | None] = {}  # embedding task prefixes per model, from its view
+        self._endpoints: dict[str, tuple[str, int]] = {}  # where each ready model's replica serves
+        self._upstreams: dict[tuple[str, int], Upstream] = {}  # pooled connections, per replica endpoint
+        self._snapshot: list[dict] | None = None  # every model's view, as the manager last pushed it
+        self._snapshot_at = 0.0
+        self._refresh: asyncio.Future | None = None
 
     def check_health(self) -> None:
         """Serve calls this periodically: a router whose HTTP server has stopped gets replaced."""
@@ -159,7 +220,7 @@ class Router:
         if getattr(self, "_server", None) is not None:
             self._server.should_exit = True
 
-    # --- the manager's side of the leases ----------------------------------------------------
+    # --- what the manager calls --------------------------------------------------------------
     async def usage(self) -> dict[str, Any]:
         """Fast-path requests in flight and last use, per model (the manager merges them)."""
         return {"router": self.id, "models": self.leases.usage()}
@@ -168,23 +229,33 @@ class Router:
         """Close the fast path for a model the manager is about to unload; returns its usage."""
         return {"router": self.id, **self.leases.revoke(model_id, number)}
 
-    # --- plumbing ------------------------------------------------------------------------
-    def _handle(self, model_id: str):
-        if model_id not in self._handles:
-            self._handles[model_id] = serve.get_deployment_handle(
-                DEPLOYMENT_NAME, app_name=app_name(model_id), _check_exists=False
-            ).options(stream=True)
-        return self._handles[model_id]
+    async def models_changed(self, views: list[dict]) -> dict[str, Any]:
+        """The manager's views of every model after a change (what /v1/models answers from)."""
+        self._take_snapshot(views)
+        return {"router": self.id}
 
-    def _text(self, model_id: str, item) -> str:
-        """A piece of the model's stream; an error event in it names the model, and makes the
-        manager look at the model now (its engine may have died) and this router ask it next time."""
-        text = "".join(item) if isinstance(item, list) else str(item)
-        if answers.ERROR_EVENT not in text:
-            return text
-        self.leases.drop(model_id)
-        self.manager.check.remote(model_id)
-        return answers.named_errors(model_id, text)
+    # --- plumbing ------------------------------------------------------------------------
+    def _take_snapshot(self, views: list[dict]) -> None:
+        self._snapshot, self._snapshot_at = views, time.monotonic()
+        for view in views:
+            self._learn(view)
+
+    def _learn(self, view: dict) -> None:
+        """What forwarding to a model needs from its view: its replica's port, its prefixes."""
+        model_id = view["id"]
+        self._prefixes[model_id] = view.get("embed_prefixes")
+        endpoint = view.get("endpoint")
+        if endpoint:
+            self._endpoints[model_id] = (endpoint["host"], endpoint["port"])
+
+    def _upstream(self, model_id: str) -> Upstream | None:
+        address = self._endpoints.get(model_id)
+        if address is None:
+            return None
+        upstream = self._upstreams.get(address)
+        if upstream is None:
+            upstream = self._upstreams[address] = Upstream(*address, self._secret)
+        return upstream
 
     async def _ask(self, method: str, *args: Any) -> dict[str, Any] | JSONResponse:
         """Call the manager; a 503 answer when it does not answer (Ray restarts it by itself)."""
@@ -193,8 +264,28 @@ class Router:
         except Exception as exc:  # noqa: BLE001 - RayActorError, ActorUnavailableError, ...
             return answers.manager_unavailable(exc)
 
-    async def _body(self, request: Request) -> dict | JSONResponse:
-        raw = await request.body()  # at most MAX_BODY_BYTES: BodyLimit has refused larger ones unread
+    async def _models(self) -> list[dict] | JSONResponse:
+        """Every model's view: the pushed snapshot (asked for when there is none yet), refreshed in
+        the background once it is SNAPSHOT_TTL_S old (download progress changes no state)."""
+        if self._snapshot is None:
+            status = await self._ask("status")
+            if isinstance(status, JSONResponse):
+                return status
+            self._take_snapshot(status["models"])
+        elif time.monotonic() - self._snapshot_at > SNAPSHOT_TTL_S and self._refresh is None:
+            self._refresh = asyncio.ensure_future(self._refresh_snapshot())
+        return self._snapshot
+
+    async def _refresh_snapshot(self) -> None:
+        try:
+            status = await self._ask("status")
+            if not isinstance(status, JSONResponse):
+                self._take_snapshot(status["models"])
+        finally:
+            self._refresh = None
+
+    def _body(self, raw: bytes, scope) -> dict | JSONResponse:
+        """The request's JSON object, once it names a model this caller's key may use."""
         try:
             body = json.loads(raw)
         except RecursionError:
@@ -206,27 +297,29 @@ class Router:
         if not isinstance(body.get("model"), str) or not body["model"]:
             return error(400, "'model' is required (a string naming a served model)", "invalid_request_error",
                          "model_required")
-        key = request.scope.get("state", {}).get("key")
+        key = scope.get("state", {}).get("key")
         if key is not None and not key.may_use(body["model"]):
             return answers.model_not_allowed(key.name, body["model"])
         return body
 
-    def _check_sizes(self, body: dict, parsed) -> JSONResponse | None:
-        """What pydantic's lax mode lets through but :8000 refuses: a non-boolean ``stream`` (the
-        string "false" would mean a stream), and ``n`` / ``max_tokens`` beyond the box's caps."""
+    def _check_sizes(self, body: dict) -> JSONResponse | None:
+        """What :8000 refuses before forwarding (vLLM checks the rest): a non-boolean ``stream``
+        (the string "false" would mean a stream), and ``n`` / token counts beyond the box's caps."""
         if body.get("stream") is not None and not isinstance(body["stream"], bool):
             return error(400, f"'stream' must be true or false, not {body['stream']!r}", "invalid_request_error",
                          "invalid_request", param="stream")
-        n = vars(parsed).get("n")
-        if n is not None and n > self.config.max_n:
-            return error(400, f"'n' is {n}; this box answers at most {self.config.max_n} choices per request "
-                         "(LLMBOX_MAX_N)", "invalid_request_error", "invalid_request", param="n")
-        for field in TOKEN_FIELDS:
-            value = vars(parsed).get(field)  # not getattr: max_tokens warns as deprecated on chat
-            if value is not None and value > self.config.max_tokens:
-                return error(400, f"'{field}' is {value}; this box generates at most {self.config.max_tokens} "
-                             "tokens per request (LLMBOX_MAX_TOKENS_LIMIT)", "invalid_request_error",
+        for field, cap, setting, what in (("n", self.config.max_n, "LLMBOX_MAX_N", "choices"),
+                                          *((f, self.config.max_tokens, "LLMBOX_MAX_TOKENS_LIMIT", "tokens")
+                                            for f in TOKEN_FIELDS)):
+            value = body.get(field)
+            if value is None:
+                continue
+            if not _is_count(value):
+                return error(400, f"'{field}' must be an integer, not {value!r}", "invalid_request_error",
                              "invalid_request", param=field)
+            if value > cap:
+                return error(400, f"'{field}' is {value}; this box answers with at most {cap} {what} per "
+                             f"request ({setting})", "invalid_request_error", "invalid_request", param=field)
         return None
 
     # --- OpenAI endpoints ----------------------------------------------------------------
@@ -238,27 +331,26 @@ class Router:
     @api.get("/v1/models")
     async def list_models(self, request: Request):
         """Every served model with its state (unloaded / loading / ready / restarting / failed)."""
-        status = await self._ask("status")
-        if isinstance(status, JSONResponse):
-            return status
+        models = await self._models()
+        if isinstance(models, JSONResponse):
+            return models
         key = request.scope.get("state", {}).get("key")
-        return {"object": "list", "data": [self._model_card(m) for m in status["models"]
+        return {"object": "list", "data": [self._model_card(m) for m in models
                                            if m["serve"] and (key is None or key.may_use(m["id"]))]}
 
-    @api.get("/v1/models/{model_id}")
+    @api.get("/v1/models/{model_id:path}")
     async def get_model(self, model_id: str, request: Request):
         """One served model."""
-        status = await self._ask("status")
-        if isinstance(status, JSONResponse):
-            return status
+        models = await self._models()
+        if isinstance(models, JSONResponse):
+            return models
         key = request.scope.get("state", {}).get("key")
-        for m in status["models"]:
+        for m in models:
             if m["id"] == model_id and m["serve"] and (key is None or key.may_use(model_id)):
                 return self._model_card(m)
         return answers.not_found(model_id)
 
-    @staticmethod
-    def _model_card(m: dict) -> dict:
+    def _model_card(self, m: dict) -> dict:
         card = {"id": m["id"], "object": "model", "created": int(m["since"]), "owned_by": "llmbox",
                 "task": m["task"], "state": m["state"], "always_on": m["always_on"], "memory_gb": m["memory_gb"]}
         if m.get("gpus"):  # where it is placed, and what it is given on each of those GPUs
@@ -266,19 +358,10 @@ class Router:
         for key in ("loading", "last_error", "download"):
             if m.get(key):
                 card[key] = m[key]
+        if "loading" in card:  # the snapshot's age is part of how long it has been loading
+            card["loading"] = {**card["loading"], "elapsed_s": round(
+                card["loading"]["elapsed_s"] + time.monotonic() - self._snapshot_at, 1)}
         return card
-
-    @api.post("/v1/chat/completions")
-    async def chat(self, request: Request):
-        return await self._serve_request(request, "chat")
-
-    @api.post("/v1/completions")
-    async def completions(self, request: Request):
-        return await self._serve_request(request, "completions")
-
-    @api.post("/v1/embeddings")
-    async def embeddings(self, request: Request):
-        return await self._serve_request(request, "embeddings")
 
     @api.get("/metrics")
     async def prometheus(self, request: Request):
@@ -299,7 +382,7 @@ class Router:
         return await self._control(request, "unload")
 
     async def _control(self, request: Request, action: str):
-        body = await self._body(request)
+        body = self._body(await request.body(), request.scope)
         if isinstance(body, JSONResponse):
             return body
         result = await self._ask(action, body["model"])
@@ -310,36 +393,61 @@ class Router:
         return {"success": True, "model": result["model"]["id"], "state": result["model"]["state"]}
 
     # --- the request path ----------------------------------------------------------------
-    async def _serve_request(self, request: Request, method: str):
-        body = await self._body(request)
+    async def serve_model_route(self, request: Request):
+        """A POST to one of vLLM's routes (MODEL_ROUTES). ModelRoutes answers these before FastAPI
+        routes them; this route is there for the framework's view of the API (405 for a GET)."""
+        return await self.forward(request.scope, await request.body())
+
+    async def forward(self, scope, raw: bytes):
+        """The response to a POST of ``raw`` to one of MODEL_ROUTES: forwarded to the model named in it.
+        ``raw`` is at most MAX_BODY_BYTES: BodyLimit has refused larger ones unread."""
+        body = self._body(raw, scope)
         if isinstance(body, JSONResponse):
             return body
-        try:
-            parsed = REQUEST_CLASSES[method](**body)
-        except ValidationError as exc:
-            return error(400, f"invalid request: {exc.errors(include_url=False)}", "invalid_request_error",
-                         "invalid_request")
-        except RecursionError:
-            return error(400, "request body is nested too deeply", "invalid_request_error", "invalid_request")
-        except (ValueError, TypeError, VLLMClientError) as exc:  # vLLM's own checks in the request models
-            message = exc.args[0] if exc.args else str(exc)
-            return error(400, f"invalid request: {clean(message)}", "invalid_request_error", "invalid_request",
-                         param=getattr(exc, "parameter", None))
-        if (refused := self._check_sizes(body, parsed)) is not None:
+        if (refused := self._check_sizes(body)) is not None:
             return refused
-        if method == "embeddings" and (why := embed_prefixes.bad_input_type(body)):
-            return error(400, why, "invalid_request_error", "invalid_request")
         model_id = body["model"]
-        streaming = bool(body.get("stream"))
-        deadline = asyncio.get_running_loop().time() + self.config.request_timeout_s
+        path = scope["path"]
+        if path == "/v1/embeddings":
+            if why := embed_prefixes.bad_input_type(body):
+                return error(400, why, "invalid_request_error", "invalid_request")
+            if (changed := embed_prefixes.with_prefix(body, self._prefixes.get(model_id))) is not None:
+                raw = json.dumps(changed).encode()
+        query = scope.get("query_string")
+        call = Call(path.encode() + (b"?" + query if query else b""), scope["headers"], raw, model_id,
+                    body.get("stream") is True, asyncio.get_running_loop().time() + self.config.request_timeout_s)
         if self.leases.begin(model_id):  # the fast path: no round trip to the manager
-            end = _once(lambda: self.leases.end(model_id))
-            try:
-                return await self._forward(method, parsed, model_id, streaming, end, deadline, retry=True)
-            except BaseException:
-                end()
-                raise
-        return await self._slow_path(method, parsed, model_id, streaming, deadline)
+            return self._relay(call, _once(lambda: self.leases.end(model_id)), retry=True)
+        return await self._slow_path(call, retry=True)
+
+    for _path in MODEL_ROUTES:  # one handler for all of them: the body names the model
+        api.post(_path, include_in_schema=False)(serve_model_route)
+    del _path
+
+    def _relay(self, call: Call, done, retry: bool):
+        """The response that forwards ``call`` to its model's replica. If the replica cannot be
+        reached (its engine may just have died), the lease is dropped, the manager is asked to look
+        at the model now, and the request takes the slow path once: a restarting model then gets
+        the loading contract rather than an error."""
+        upstream = self._upstream(call.model_id)
+
+        async def failed_early(exc: UpstreamError):
+            self.leases.drop(call.model_id)
+            log.warning("request to %s failed before any answer (%s): asking the manager", call.model_id, exc)
+            await self._ask("check", call.model_id)
+            return await self._slow_path(call, retry=False)
+
+        if upstream is None:  # ready, yet no port known: the manager did not say (an old replica)
+            return _Deferred(failed_early(UpstreamError("no port known for its replica", False)), done)
+        return Relay(upstream, call.path, call.headers, call.body, call.model_id, call.streaming, call.deadline,
+                     self.config.request_timeout_s, done, failed_early if retry else None,
+                     lambda: self._error_seen(call.model_id))
+
+    def _error_seen(self, model_id: str) -> None:
+        """The replica answered with a server error: its engine may be dead. The manager looks at
+        the model now, and the next request asks it."""
+        self.leases.drop(model_id)
+        self.manager.check.remote(model_id)
 
     async def _wait(self, model_id: str, timeout_s: float | None, queued_at: float):
         """The manager's answer once the model is no longer pending, or after about a heartbeat
@@ -349,6 +457,7 @@ class Router:
         Each request reports its own queue wait once the model is ready (fire and forget)."""
         got = await self._shared_wait(model_id, timeout_s)
         if isinstance(got, dict) and got["outcome"] == Outcome.READY:
+            self._learn(got["model"])
             self.manager.waited.remote(model_id, time.time() - queued_at)
         return got
 
@@ -375,17 +484,16 @@ class Router:
             if time.time() >= until:
                 return got if got is not None else await self._ask("wait", model_id, 0.0)
 
-    async def _slow_path(self, method: str, parsed, model_id: str, streaming: bool, deadline: float,
-                         retry: bool = True):
+    async def _slow_path(self, call: Call, retry: bool):
         """Through the manager: count the request in, load the model if needed, wait, forward."""
+        model_id = call.model_id
         queued_at = time.time()
         got = await self._ask("acquire", model_id, self.id)
         if isinstance(got, JSONResponse):
             return got
         if got["outcome"] not in (Outcome.READY, Outcome.PENDING):
             return answers.refusal(got["outcome"], model_id, got.get("model"))
-        # Kept for the fast path (a settings change reloads the model, which revokes the lease).
-        self._prefixes[model_id] = got["model"].get("embed_prefixes")
+        self._learn(got["model"])  # kept for the fast path (a change reloads the model, which revokes the lease)
         # Fire and forget: the reply does not depend on it, and calls from one caller reach the
         # actor in order, so it is never counted out before it was counted in.
         ticket = got["ticket"]
@@ -393,101 +501,28 @@ class Router:
         try:
             if got["outcome"] == Outcome.READY:
                 self.leases.grant(model_id, got["lease"])
-                return await self._forward(method, parsed, model_id, streaming, release, deadline, retry)
-            if streaming:
-                return EngineStream(self._stream_while_loading(method, parsed, model_id, queued_at, deadline),
-                                    release)
+                return self._relay(call, release, retry)
+            if call.streaming:
+                return EngineStream(self._stream_while_loading(call, queued_at), release)
             got = await self._wait_until(model_id, queued_at + self.config.load_wait_s, queued_at)
             if isinstance(got, JSONResponse):
                 release()
                 return got
             if got["outcome"] == Outcome.READY:
                 self.leases.grant(model_id, got["lease"])
-                return await self._forward(method, parsed, model_id, False, release, deadline, retry)
+                return self._relay(call, release, retry)
             release()
             return answers.refusal(got["outcome"], model_id, got.get("model"))
         except BaseException:
             release()
             raise
 
-    async def _forward(self, method: str, parsed, model_id: str, streaming: bool, done, deadline: float,
-                       retry: bool):
-        """Send the request to the model's app; the first item decides the status code.
-
-        If the model fails before anything was sent (its engine may just have died), the lease
-        is dropped, the manager is asked to look at the model now, and the request takes the slow
-        path once: a restarting model then gets the loading contract rather than an error.
-        """
-        if method == "embeddings":
-            parsed = embed_prefixes.with_prefix(parsed, self._prefixes.get(model_id))
-        gen = getattr(self._handle(model_id), method).remote(parsed)
-        try:
-            async with asyncio.timeout_at(deadline):
-                first = await gen.__anext__()
-        except StopAsyncIteration:
-            done()
-            return error(502, f"model {model_id!r} returned nothing", "api_error", "empty_response")
-        except TimeoutError:
-            gen.cancel()
-            done()
-            return answers.deadline(model_id, self.config.request_timeout_s)
-        except Exception as exc:  # noqa: BLE001 - the replica or engine failed
-            done()
-            self.leases.drop(model_id)
-            if not retry:
-                return answers.engine_error(model_id, exc)
-            log.warning("request to %s failed before any output (%r): asking the manager", model_id, exc)
-            await self._ask("check", model_id)
-            return await self._slow_path(method, parsed, model_id, streaming, deadline, retry=False)
-        head = _head(first)
-        if _is_error(head):
-            done()
-            return answers.from_engine(model_id, head)
-        if not streaming:
-            done()
-            return JSONResponse(head.model_dump(exclude_none=True) if hasattr(head, "model_dump") else head)
-        return EngineStream(self._chunks(model_id, gen, deadline, first), done)
-
-    async def _chunks(self, model_id: str, gen, deadline: float, first=None):
-        """The model's stream (after ``first``, if already taken); an error item, a failure or the
-        request's deadline ends it with an error event and ``[DONE]``; the generation is cancelled
-        if the stream ends early (a client left, or the deadline passed)."""
-        finished = False
-        try:
-            if first is not None:
-                yield self._text(model_id, first)
-            while True:
-                try:
-                    async with asyncio.timeout_at(deadline):  # around the wait only: never around a yield
-                        item = await gen.__anext__()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    yield answers.deadline_event(model_id, self.config.request_timeout_s)
-                    yield DONE
-                    return  # not finished: the finally cancels the generation
-                head = _head(item)
-                if _is_error(head):
-                    yield answers.from_engine_event(model_id, head)
-                    yield DONE
-                    finished = True
-                    return
-                yield self._text(model_id, item)
-            finished = True
-        except Exception as exc:  # noqa: BLE001 - the engine died mid-stream: say so, then end
-            self.leases.drop(model_id)
-            finished = True
-            yield answers.engine_error_event(model_id, exc)
-            yield DONE
-        finally:
-            if not finished:
-                gen.cancel()
-
-    async def _stream_while_loading(self, method: str, parsed, model_id: str, queued_at: float, deadline: float):
+    async def _stream_while_loading(self, call: Call, queued_at: float):
         """SSE: comment heartbeats while the model loads (or restarts), then the model's own stream."""
+        model_id = call.model_id
         loop = asyncio.get_running_loop()
         while True:
-            if loop.time() >= deadline:
+            if loop.time() >= call.deadline:
                 yield answers.deadline_event(model_id, self.config.request_timeout_s)
                 yield DONE
                 return
@@ -505,12 +540,46 @@ class Router:
                 return
             state = (got["model"].get("loading") or {}).get("state", "loading")
             yield answers.heartbeat(model_id, time.time() - queued_at, state)
-        chunks = self._chunks(model_id, getattr(self._handle(model_id), method).remote(parsed), deadline)
+        async for piece in self._stream_after_loading(call):
+            yield piece
+
+    async def _stream_after_loading(self, call: Call):
+        """The model's own stream, after heartbeats (so an error is an event, not a status)."""
+        model_id, upstream = call.model_id, self._upstream(call.model_id)
+        conn = None
         try:
-            async for chunk in chunks:
-                yield chunk
+            if upstream is None:
+                raise UpstreamError("no port known for its replica", False)
+            async with asyncio.timeout_at(call.deadline):
+                conn = await upstream.request(b"POST", call.path, call.headers, call.body)
+            if conn.status >= 400:
+                pieces = []
+                while (data := await conn.read()) is not None:
+                    pieces.append(data)
+                yield f"data: {answers.from_engine_answer(model_id, conn.status, b''.join(pieces), call.path.decode()).body.decode()}\n\n"
+                yield DONE
+            else:
+                while True:
+                    async with asyncio.timeout_at(call.deadline):  # around the wait only: never around a yield
+                        data = await conn.read()
+                    if data is None:
+                        break
+                    if answers.ERROR_EVENT.encode() in data:
+                        self._error_seen(model_id)
+                        data = answers.named_errors(model_id, data.decode()).encode()
+                    yield data
+            upstream.finished(conn)
+            conn = None
+        except TimeoutError:
+            yield answers.deadline_event(model_id, self.config.request_timeout_s)
+            yield DONE
+        except UpstreamError as exc:
+            self._error_seen(model_id)
+            yield answers.engine_error_event(model_id, exc)
+            yield DONE
         finally:
-            await chunks.aclose()  # now, not when collected: it cancels the generation if we end early
+            if conn is not None:
+                conn.close()  # the client left (or the deadline passed): vLLM aborts the generation
 
 
 def build(config: RouterConfig):

@@ -16,7 +16,7 @@ from starlette.responses import StreamingResponse
 
 
 class EngineStream(StreamingResponse):
-    def __init__(self, chunks: AsyncGenerator[str, None], done: Callable[[], None]) -> None:
+    def __init__(self, chunks: AsyncGenerator[str | bytes, None], done: Callable[[], None]) -> None:
         super().__init__(chunks, media_type="text/event-stream")
         self.chunks, self.done = chunks, done
 
@@ -36,7 +36,8 @@ class EngineStream(StreamingResponse):
     async def _pump(self, send) -> None:
         await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
         async for chunk in self.chunks:
-            await send({"type": "http.response.body", "body": chunk.encode(), "more_body": True})
+            body = chunk if isinstance(chunk, bytes) else chunk.encode()
+            await send({"type": "http.response.body", "body": body, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 

@@ -102,7 +102,8 @@ class FakeServe:
         pid = self.apps[model_id]["pid"]
         return {"pid": pid, "create_time": 1.0, "log": None, "exited": self.exited.get(model_id, []),
                 "processes": [{"pid": pid + 1, "name": "VLLM::EngineCore", "create_time": 1.0}],
-                "last_error": "EngineDeadError: EngineCore died" if self.exited.get(model_id) else None}
+                "last_error": "EngineDeadError: EngineCore died" if self.exited.get(model_id) else None,
+                "endpoint": {"host": "127.0.0.1", "port": 9}}
 
     def deployed(self, model_id: str):
         app = self.apps.get(model_id)

@@ -1,7 +1,5 @@
-"""The router's embedding task prefixes (nomic's search_query: / search_document:), on the real
-request class the router parses embeddings requests with."""
-
-from ray.llm._internal.serve.core.configs.openai_api_models import EmbeddingCompletionRequest
+"""The router's embedding task prefixes (nomic's search_query: / search_document:), on request
+bodies as the router forwards them to vLLM."""
 
 from app.registry.schema import ModelEntry
 from app.serving.embed_prefixes import bad_input_type, with_prefix
@@ -10,19 +8,21 @@ NOMIC = {"query": "search_query: ", "document": "search_document: "}
 
 
 def request(**fields):
-    return EmbeddingCompletionRequest(model="nomic", **fields)
+    return {"model": "nomic", **fields}
 
 
 def test_documents_by_default_queries_when_asked():
-    assert with_prefix(request(input="a cat"), NOMIC).input == "search_document: a cat"
-    assert with_prefix(request(input=["a", "b"], input_type="query"), NOMIC).input == [
-        "search_query: a", "search_query: b"]
+    assert with_prefix(request(input="a cat"), NOMIC)["input"] == "search_document: a cat"
+    sent = with_prefix(request(input=["a", "b"], input_type="query"), NOMIC)
+    assert sent["input"] == ["search_query: a", "search_query: b"]
+    assert "input_type" not in sent  # ours, not vLLM's
 
 
 def test_text_that_already_has_a_prefix_and_token_ids_are_left_alone():
-    assert with_prefix(request(input="search_query: a cat"), NOMIC).input == "search_query: a cat"
-    assert with_prefix(request(input=[1, 2, 3]), NOMIC).input == [1, 2, 3]
-    assert with_prefix(request(input="a cat"), None).input == "a cat"  # a model without prefixes
+    assert with_prefix(request(input="search_query: a cat"), NOMIC)["input"] == "search_query: a cat"
+    assert with_prefix(request(input=[1, 2, 3]), NOMIC)["input"] == [1, 2, 3]
+    assert with_prefix(request(input="a cat"), None) is None  # a model without prefixes: sent as it came
+    assert with_prefix(request(input="a cat", input_type="query"), None) == request(input="a cat")
 
 
 def test_a_bad_input_type_is_named():

@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from app.devtools.sandbox import free_port
-from app.serving import listener
+from app.web import listener
 
 
 def test_a_port_another_process_listens_on_is_refused_even_with_so_reuseport(monkeypatch):

@@ -41,7 +41,7 @@ def messages_in(lines: list[str]) -> list[str]:
     return [json.loads(line[6:])["error"]["message"] for line in lines if line.startswith("data: {\"error\"")]
 
 
-@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"messages": []}', b'{"model": "a", "input": 5}'])
+@pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", b'{"messages": []}', b'{"model": 5, "input": "x"}'])
 def test_malformed_bodies_get_400_in_the_openai_shape(box, body):
     client = box[0]
     path = "/v1/embeddings" if b"input" in body else "/v1/chat/completions"
@@ -141,8 +141,8 @@ def test_an_engine_that_dies_mid_stream_ends_the_stream_with_a_clean_error_and_d
     with client.stream("POST", "/v1/chat/completions", json={**CHAT_BODY, "stream": True}) as response:
         lines = [line for line in response.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
-    assert messages_in(lines) == ["model 'a' failed while answering: EngineDeadError: EngineCore encountered an "
-                                  "issue. See stack trace (above)."]
+    # vLLM's own error event is another test; here the replica's connection drops (its process died)
+    assert messages_in(lines) == ["model 'a' failed while answering: the replica closed the connection"]
 
 
 def test_when_the_manager_is_down_requests_get_503_and_retry_after(box):

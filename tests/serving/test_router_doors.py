@@ -8,6 +8,7 @@ import json
 import pytest
 from starlette.testclient import TestClient
 
+from app.devtools.sandbox import wait_for
 from app.serving import router as router_mod
 from app.serving.keys import KeyFile
 from tests.lifecycle.fakes import FakeServe, make_manager, models, use
@@ -168,7 +169,7 @@ def test_a_request_past_its_deadline_is_cancelled_and_says_so(tmp_path, monkeypa
         client.portal.call(use, manager, "a")
         late = client.post("/v1/chat/completions", json=CHAT_BODY)
         assert late.status_code == 504 and late.json()["error"]["code"] == "request_timeout"
-        assert stuck.cancelled
+        wait_for(lambda: stuck.cancelled, 2, "the replica to see the router leave", every_s=0.01)
         replicas["a"] = Replica(trickle)
         with client.stream("POST", "/v1/chat/completions", json={**CHAT_BODY, "stream": True}) as response:
             lines = [line for line in response.iter_lines() if line]

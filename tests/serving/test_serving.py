@@ -13,6 +13,7 @@ import os
 import time
 from pathlib import Path
 
+import anthropic
 import httpx
 import openai
 import psutil
@@ -25,7 +26,8 @@ from app.lifecycle import actor
 from app.registry.edits import add_model, update_model
 from app.registry.schema import ModelEntry
 from app.registry.store import RegistryStore
-from app.serving import router
+from app.serving import deploy, router
+from app.web.shared_secret import HEADER as SECRET_HEADER
 from app.serving.keys import hash_key
 
 pytestmark = pytest.mark.slow
@@ -49,7 +51,8 @@ def box():
         # tests that need those.
         serve.run_many([serve.RunTarget(
             router.build(router.RouterConfig(port=STRICT_PORT, api_key_hashes=(hash_key(KEY),),
-                                             load_wait_s=1)),
+                                             load_wait_s=1,
+                                             replica_secret_path=str(deploy.replica_secret_path(settings)))),
             name="router-strict", route_prefix=None)])
         yield settings
 
@@ -140,6 +143,49 @@ def test_streamed_chat_and_completion(client):
     assert len(chunks) > 1 and chunks[-1].choices[0].finish_reason in ("length", "stop")
     completion = client.completions.create(model="tiny-a", prompt="hello", max_tokens=5)
     assert completion.choices[0].text and completion.usage.completion_tokens == 5
+
+
+def test_every_route_of_vllms_app_answers_through_8000_for_a_model_of_its_task(url, client):
+    """The replica serves vLLM's own OpenAI app, so its routes come through the router as they are."""
+    assert client.completions.create(model="tiny-a", prompt="hi", max_tokens=3).usage.completion_tokens == 3
+    response = client.responses.create(model="tiny-a", input="hi", max_output_tokens=3)
+    assert response.status in ("completed", "incomplete") and response.output
+    root = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)  # vLLM's routes outside /v1
+    tokens = root.post("/tokenize", body={"model": "tiny-a", "prompt": "hi"}, cast_to=httpx.Response).json()
+    assert tokens["count"] == len(tokens["tokens"]) > 0
+    text = root.post("/detokenize", body={"model": "tiny-a", "tokens": tokens["tokens"]}, cast_to=httpx.Response)
+    assert "hi" in text.json()["prompt"]
+    claude = anthropic.Anthropic(base_url=url, api_key="unused", max_retries=0, timeout=120)
+    message = claude.messages.create(model="tiny-a", max_tokens=3, messages=[{"role": "user", "content": "hi"}])
+    assert message.type == "message" and message.usage.output_tokens == 3
+    with claude.messages.stream(model="tiny-a", max_tokens=3, messages=[{"role": "user", "content": "hi"}]) as stream:
+        assert stream.get_final_message().stop_reason == "max_tokens"
+    # The pooling routes of an embedding model.
+    rerank = client.post("/rerank", body={"model": "embed", "query": "a cat", "documents": ["a dog", "a car"]},
+                         cast_to=httpx.Response).json()
+    assert len(rerank["results"]) == 2
+    score = client.post("/score", body={"model": "embed", "text_1": "a cat", "text_2": "a dog"},
+                        cast_to=httpx.Response).json()
+    assert 0 < score["data"][0]["score"] <= 1
+    # A route the model's task has not: vLLM's 404, naming the model.
+    with pytest.raises(openai.NotFoundError) as wrong_task:
+        chat(client, "embed")
+    assert "'embed'" in wrong_task.value.body["message"]
+
+
+def test_a_replica_port_answers_only_the_router(manager):
+    endpoint = next(m["endpoint"] for m in ray.get(manager.status.remote())["models"] if m["id"] == "embed")
+    address = f"http://{endpoint['host']}:{endpoint['port']}/v1/embeddings"
+    for headers in ({}, {SECRET_HEADER: "0" * 64}):
+        response = httpx.post(address, json={"model": "embed", "input": "a cat"}, headers=headers)
+        assert response.status_code == 403 and response.json()["error"]["code"] == "not_the_router"
+
+
+def test_the_serving_path_runs_at_normal_priority(manager, embed_pid):
+    """Ray's default niceness 15 for its workers would give the cores to anything else on the host."""
+    router_pid = next(p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:router:Router" in
+                      " ".join(p.info["cmdline"] or []))
+    assert psutil.Process(embed_pid[0]).nice() == router_pid.nice() == 0
 
 
 def test_a_streaming_cold_request_gets_heartbeats_until_its_first_token(url):

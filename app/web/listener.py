@@ -1,5 +1,6 @@
-"""The router's replica listens on :8000 itself (as Serve's "direct ingress" does): no proxy hop,
-which alone cost ~8 ms per request here."""
+"""An HTTP server inside a Serve replica (as Serve's "direct ingress" does): the router's replica
+listens on :8000 itself (no proxy hop, which alone cost ~8 ms per request here), and each model
+replica serves vLLM's own OpenAI app on a port of its own (app/engines/model_server.py)."""
 
 from __future__ import annotations
 
@@ -41,8 +42,10 @@ class _AfterInit:
 BIND_WAIT_S = 15.0
 
 
-async def listen(app, host: str, port: int, max_connections: int | None = None) -> _Listener:
-    """Serve ``app`` on host:port from this process; returns once it accepts connections.
+async def listen(app, host: str, port: int, max_connections: int | None = None,
+                 keep_alive_s: float = 5.0) -> _Listener:
+    """Serve ``app`` on host:port (0: a free port, then ``.port``) from this process; returns once
+    it accepts connections.
 
     No SO_REUSEPORT: with it, any process of the same user could bind :8000 too and silently take
     part of its traffic (it happened here with a stray Serve proxy). A port that stays taken for
@@ -58,15 +61,17 @@ async def listen(app, host: str, port: int, max_connections: int | None = None) 
         except OSError as exc:
             sock.close()
             if exc.errno != errno.EADDRINUSE or asyncio.get_running_loop().time() > deadline:
-                raise RuntimeError(f"the router cannot listen on {host}:{port}: {exc.strerror} (another "
+                raise RuntimeError(f"cannot listen on {host}:{port}: {exc.strerror} (another "
                                    "program listens there: stop it, or set LLMBOX_SERVE_PORT)") from None
             await asyncio.sleep(0.25)
     server = _Listener(uvicorn.Config(_AfterInit(app), lifespan="off", access_log=False, log_config=None,
-                                      loop="none", limit_concurrency=max_connections))
+                                      loop="none", limit_concurrency=max_connections,
+                                      timeout_keep_alive=keep_alive_s, proxy_headers=False))
     serving = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
     while not server.started:
         if serving.done():
-            raise RuntimeError(f"the router's HTTP server on {host}:{port} stopped: {serving.exception()}")
+            raise RuntimeError(f"the HTTP server on {host}:{port} stopped: {serving.exception()}")
         await asyncio.sleep(0.01)
     server.serving = serving  # keep a reference: the loop holds tasks only weakly
+    server.port = sock.getsockname()[1]  # the one the system chose for port 0
     return server
