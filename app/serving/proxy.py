@@ -61,6 +61,7 @@ class Connection(asyncio.Protocol):
         self._error: UpstreamError | None = None
         self._waiter: asyncio.Future | None = None
         self._paused = False
+        self.sink = None  # called with each body piece as it arrives, instead of buffering (streams)
 
     # --- asyncio.Protocol --------------------------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -91,6 +92,13 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self.sink is not None:
+            try:
+                self.sink(body)
+            except Exception as exc:  # noqa: BLE001 - it runs in the transport's callback: end the request
+                self._fail(UpstreamError(f"passing the answer on failed: {exc!r}", True))
+                self.close()
+            return
         self._pieces.append(body)
         self._buffered += len(body)
         if self._buffered > PAUSE_BYTES and not self._paused:
@@ -147,6 +155,25 @@ class Connection(asyncio.Protocol):
             self._paused = False
             self.transport.resume_reading()
         return data
+
+    async def body_done(self) -> None:
+        """Wait until the whole body has arrived (through ``sink``)."""
+        while not self._complete:
+            if self._error is not None:
+                raise self._error
+            await self._wait()
+
+    def take_buffered(self) -> list[bytes]:
+        """What arrived before a ``sink`` was set."""
+        pieces, self._pieces, self._buffered = self._pieces, [], 0
+        return pieces
+
+    def pause(self) -> None:
+        self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
 
     def reusable(self) -> bool:
         return self._complete and not self.closed and self._keep_alive

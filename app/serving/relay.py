@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from starlette.responses import Response
@@ -96,13 +97,68 @@ class Relay(Response):
             return await self._error_answer(conn, send)
         await send({"type": "http.response.start", "status": conn.status, "headers": conn.headers})
         self.started = True
-        while (data := await conn.read()) is not None:
-            if self.streaming and ERROR_EVENT in data:  # the engine failed mid-stream: name the model
-                self.error_seen()
-                data = answers.named_errors(self.model_id, data.decode()).encode()
-            await send({"type": "http.response.body", "body": data, "more_body": True})
+        if self.streaming:
+            await self._pipe(conn, send)
+        else:
+            while (data := await conn.read()) is not None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
         self.complete = True  # before the last send: after it, uvicorn tells the watch the client is done
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _pipe(self, conn: Connection, send) -> None:
+        """A stream's pieces go on to the client from the replica connection's own callback, as
+        they arrive: no task switch per piece (measured: about a third of the router's CPU per
+        streamed token). Only a client that reads slowly makes a send wait; then the replica's
+        bytes are held (reading paused) until it has caught up."""
+        backlog: deque[dict] = deque()
+        finishing: list[asyncio.Task] = []
+
+        def write(data: bytes) -> None:
+            if ERROR_EVENT in data:  # the engine failed mid-stream: name the model
+                self.error_seen()
+                data = answers.named_errors(self.model_id, data.decode()).encode()
+            message = {"type": "http.response.body", "body": data, "more_body": True}
+            if finishing:
+                backlog.append(message)
+                return
+            coro = send(message)
+            try:
+                waiting_for = coro.send(None)  # runs to its end unless the client's socket is full
+            except StopIteration:
+                return
+            conn.pause()
+            finishing.append(asyncio.ensure_future(self._finish(coro, waiting_for, backlog, send, conn, finishing)))
+
+        for piece in conn.take_buffered():
+            write(piece)
+        conn.sink = write
+        try:
+            await conn.body_done()
+            while finishing:
+                await asyncio.shield(finishing[0])
+        finally:
+            conn.sink = None
+            for task in finishing:
+                task.cancel()
+
+    @staticmethod
+    async def _finish(coro, waiting_for, backlog: deque, send, conn: Connection, finishing: list) -> None:
+        """Drive a send that had to wait to its end, then the pieces that came meanwhile."""
+        try:
+            while True:
+                if isinstance(waiting_for, asyncio.Future):
+                    await asyncio.wait([waiting_for])
+                else:
+                    await asyncio.sleep(0)
+                try:
+                    waiting_for = coro.send(None)
+                except StopIteration:
+                    break
+            while backlog:
+                await send(backlog.popleft())
+        finally:
+            finishing.clear()
+            conn.resume()
 
     async def _error_text(self, conn: Connection) -> str:
         """The message of an error answer (which ends the use of this connection)."""
