@@ -53,6 +53,12 @@ class ModelServer(LLMServer):
                 self._native = await listen(app, REPLICA_HOST, 0, keep_alive_s=120.0)
         return {"host": REPLICA_HOST, "port": self._native.port}
 
+    async def check_health(self) -> None:
+        """Serve's health check: the engine, and (once started) the HTTP server requests come through."""
+        if self._native is not None and self._native.serving.done():
+            raise RuntimeError(f"the replica's HTTP server on {REPLICA_HOST}:{self._native.port} has stopped")
+        await super().check_health()
+
     def __del__(self) -> None:
         """Serve stops the replica: stop accepting (what is in flight ends with the engine)."""
         if self._native is not None:

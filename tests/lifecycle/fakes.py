@@ -125,12 +125,16 @@ class FakeRouter:
 
     def __init__(self, replica_id: str = "rid-1") -> None:
         self.id, self.leases, self.silent = replica_id, Leases(), False
+        self.views: list[list[dict]] = []  # what the manager pushed (models_changed), in order
 
     async def call(self, app: str, method: str, *args):
         if self.silent:
             raise asyncio.TimeoutError("the router did not answer")
         if method == "usage":
             return {"router": self.id, "models": self.leases.usage()}
+        if method == "models_changed":
+            self.views.append(args[0])
+            return {"router": self.id}
         return {"router": self.id, **self.leases.revoke(*args)}
 
 

@@ -247,3 +247,30 @@ def test_status_shows_requests_in_flight_on_the_fast_path(tmp_path):
         return await manager.status()
 
     assert asyncio.run(scenario())["models"][0]["in_flight"] == 2
+
+
+def test_routers_are_told_every_change_so_v1_models_needs_no_round_trip(tmp_path):
+    """What /v1/models answers from: the views the manager pushes; load, unload and reconcile
+    return only once the routers have them."""
+    serve, router = FakeServe(), FakeRouter()
+
+    def pushed(model_id: str) -> str | None:
+        return next((m["state"] for m in router.views[-1] if m["id"] == model_id), None) if router.views else None
+
+    async def scenario():
+        manager = make_manager(tmp_path, models("a"), serve, router=router)
+        await manager.reconcile()
+        seen = [pushed("a")]
+        await manager.load("a")
+        seen.append(pushed("a"))
+        await manager.wait("a", 30)
+        await asyncio.sleep(0.01)  # a change made by a background load is pushed as it happens
+        seen.append(pushed("a"))
+        ready_view = next(m for m in router.views[-1] if m["id"] == "a")
+        await manager.unload("a")
+        seen.append(pushed("a"))
+        return seen, ready_view
+
+    seen, ready_view = asyncio.run(scenario())
+    assert seen == ["unloaded", "loading", "ready", "unloaded"]
+    assert ready_view["endpoint"] == {"host": "127.0.0.1", "port": 9}  # where the router forwards
