@@ -56,7 +56,10 @@ TOKEN_FIELDS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
 MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages",
                 "/v1/messages/count_tokens", "/tokenize", "/detokenize", "/v1/score", "/score", "/v1/rerank",
                 "/rerank", "/v2/rerank", "/pooling", "/classify")
-SNAPSHOT_TTL_S = 1.0  # /v1/models answers from the pushed snapshot, refreshed in the background after this
+# /v1/models answers from the snapshot the manager pushes on every state change while every model is
+# in one of these states (nothing moves without a state change then) and for at most this long.
+SETTLED = frozenset({"ready", "unloaded", "failed"})
+SNAPSHOT_TTL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -208,7 +211,6 @@ class Router:
         self._upstreams: dict[tuple[str, int], Upstream] = {}  # pooled connections, per replica endpoint
         self._snapshot: list[dict] | None = None  # every model's view, as the manager last pushed it
         self._snapshot_at = 0.0
-        self._refresh: asyncio.Future | None = None
 
     def check_health(self) -> None:
         """Serve calls this periodically: a router whose HTTP server has stopped gets replaced."""
@@ -265,24 +267,20 @@ class Router:
             return answers.manager_unavailable(exc)
 
     async def _models(self) -> list[dict] | JSONResponse:
-        """Every model's view: the pushed snapshot (asked for when there is none yet), refreshed in
-        the background once it is SNAPSHOT_TTL_S old (download progress changes no state)."""
-        if self._snapshot is None:
-            status = await self._ask("status")
-            if isinstance(status, JSONResponse):
-                return status
-            self._take_snapshot(status["models"])
-        elif time.monotonic() - self._snapshot_at > SNAPSHOT_TTL_S and self._refresh is None:
-            self._refresh = asyncio.ensure_future(self._refresh_snapshot())
-        return self._snapshot
+        """Every model's view: the pushed snapshot while it is the truth, else the manager's answer.
 
-    async def _refresh_snapshot(self) -> None:
-        try:
-            status = await self._ask("status")
-            if not isinstance(status, JSONResponse):
-                self._take_snapshot(status["models"])
-        finally:
-            self._refresh = None
+        It is the truth while every model is settled (SETTLED: the manager pushes each state
+        change) and younger than SNAPSHOT_TTL_S. A model that loads, downloads or unloads changes
+        without a state change (its GPUs, its progress), so then the manager is asked."""
+        snapshot = self._snapshot
+        if (snapshot is not None and time.monotonic() - self._snapshot_at < SNAPSHOT_TTL_S
+                and all(m["state"] in SETTLED for m in snapshot)):
+            return snapshot
+        status = await self._ask("status")
+        if isinstance(status, JSONResponse):
+            return status
+        self._take_snapshot(status["models"])
+        return self._snapshot
 
     def _body(self, raw: bytes, scope) -> dict | JSONResponse:
         """The request's JSON object, once it names a model this caller's key may use."""
@@ -350,7 +348,8 @@ class Router:
                 return self._model_card(m)
         return answers.not_found(model_id)
 
-    def _model_card(self, m: dict) -> dict:
+    @staticmethod
+    def _model_card(m: dict) -> dict:
         card = {"id": m["id"], "object": "model", "created": int(m["since"]), "owned_by": "llmbox",
                 "task": m["task"], "state": m["state"], "always_on": m["always_on"], "memory_gb": m["memory_gb"]}
         if m.get("gpus"):  # where it is placed, and what it is given on each of those GPUs
@@ -358,9 +357,6 @@ class Router:
         for key in ("loading", "last_error", "download"):
             if m.get(key):
                 card[key] = m[key]
-        if "loading" in card:  # the snapshot's age is part of how long it has been loading
-            card["loading"] = {**card["loading"], "elapsed_s": round(
-                card["loading"]["elapsed_s"] + time.monotonic() - self._snapshot_at, 1)}
         return card
 
     @api.get("/metrics")

@@ -201,3 +201,22 @@ def test_an_error_event_inside_the_models_own_stream_is_rewritten_to_name_the_mo
     assert messages_in(lines) == ["model 'a' failed while answering: EngineCore encountered an issue. See stack "
                                   "trace (above) for the root cause."]
     assert json.loads(lines[1][6:])["error"]["code"] == "model_error" and lines[-1] == "data: [DONE]"
+
+
+def test_v1_models_answers_from_the_pushed_snapshot_while_every_model_is_settled(box):
+    client, manager, _, _, _, router = box
+    asked = []
+    status = manager.status
+
+    async def counted():
+        asked.append(1)
+        return await status()
+
+    manager.status = counted
+    first = client.get("/v1/models").json()
+    again = client.get("/v1/models").json()
+    assert first == again and len(asked) == 1  # the second from the snapshot: no manager call
+    views = client.portal.call(status)["models"]
+    client.portal.call(router.models_changed, [{**v, "state": "loading"} if v["id"] == "a" else v for v in views])
+    assert {m["id"]: m["state"] for m in client.get("/v1/models").json()["data"]}["a"] == "unloaded"
+    assert len(asked) == 2  # a model in motion (its GPUs, its progress): the manager is asked
