@@ -185,7 +185,8 @@ def test_the_serving_path_runs_at_normal_priority(manager, embed_pid):
     """Ray's default niceness 15 for its workers would give the cores to anything else on the host."""
     router_pid = next(p for p in psutil.process_iter(["cmdline"]) if "ServeReplica:router:Router" in
                       " ".join(p.info["cmdline"] or []))
-    assert psutil.Process(embed_pid[0]).nice() == router_pid.nice() == 0
+    # The box's processes keep the niceness of whoever started it (this test), not Ray's +15.
+    assert psutil.Process(embed_pid[0]).nice() == router_pid.nice() == os.nice(0)
 
 
 def test_a_streaming_cold_request_gets_heartbeats_until_its_first_token(url):
