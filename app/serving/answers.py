@@ -112,20 +112,11 @@ def manager_unavailable(exc: BaseException) -> JSONResponse:
     return unavailable(503, "the model manager is restarting; retry shortly", "manager_unavailable", 2)
 
 
-def describe(exc: BaseException) -> str:
-    """The engine's own words for a failed call to a model replica, without Ray's wrapping."""
-    if isinstance(exc, ConnectionError):  # the data path's own words (app/serving/proxy.py UpstreamError)
-        return str(exc)
-    cause = getattr(exc, "cause", None) or exc
-    name = type(cause).__name__
-    if "ActorDied" in name or "ActorUnavailable" in name or "RayActorError" in name:
-        return "its replica stopped"
-    return clean(f"{name}: {cause}")
-
-
-def engine_error(model_id: str, exc: BaseException) -> JSONResponse:
-    log.warning("request to %s failed: %r", model_id, exc)  # the whole story, for the operator
-    return engine_failed(model_id, describe(exc))
+def engine_error(model_id: str, exc: ConnectionError) -> JSONResponse:
+    """503 for a replica that could not be reached or dropped the connection (the data path's own
+    words: app/serving/proxy.py UpstreamError)."""
+    log.warning("request to %s failed: %r", model_id, exc)
+    return engine_failed(model_id, str(exc))
 
 
 def engine_failed(model_id: str, why: str) -> JSONResponse:
@@ -133,9 +124,9 @@ def engine_failed(model_id: str, why: str) -> JSONResponse:
     return unavailable(503, f"model {model_id!r} failed while answering: {why}", "model_error", 2)
 
 
-def engine_error_event(model_id: str, exc: BaseException) -> str:
+def engine_error_event(model_id: str, exc: ConnectionError) -> str:
     log.warning("stream from %s failed: %r", model_id, exc)
-    return sse(body(f"model {model_id!r} failed while answering: {describe(exc)}", "server_error", "model_error"))
+    return sse(body(f"model {model_id!r} failed while answering: {exc}", "server_error", "model_error"))
 
 
 def from_engine_answer(model_id: str, status: int, raw: bytes, path: str = "") -> JSONResponse:
@@ -156,7 +147,7 @@ def from_engine_answer(model_id: str, status: int, raw: bytes, path: str = "") -
         message = f"{path or 'this route'} is not served for this model's task"
     kind = info.get("type")
     if not (isinstance(kind, str) and kind.endswith("_error")):  # vLLM says "Bad Request" and the like
-        kind = "invalid_request_error" if status < 500 else "server_error"
+        kind = "invalid_request_error"
     return error(status, f"model {model_id!r}: {message}", kind, str(info.get("code") or status),
                  param=info.get("param"))
 

@@ -39,7 +39,7 @@ from app.serving.answers import DONE, error
 from app.serving.keys import KeyFile, RequireKey
 from app.serving.leases import Leases
 from app.serving.proxy import Upstream, UpstreamError
-from app.serving.relay import Relay
+from app.serving.relay import Call, Relay, after_heartbeats
 from app.serving.streaming import EngineStream
 from app.web import shared_secret
 from app.web.hosts import AllowedHosts
@@ -161,30 +161,6 @@ api.add_middleware(AllowedHosts, names=lambda scope: scope["app"].state.allowed_
 configure(RouterConfig(), api)
 
 
-@dataclass(frozen=True)
-class Call:
-    """One request for a model, as the router forwards it."""
-
-    path: bytes  # with its query
-    headers: list[tuple[bytes, bytes]]
-    body: bytes
-    model_id: str
-    streaming: bool
-    deadline: float  # on the event loop's clock
-
-
-class _Deferred(Response):
-    """A response that is another one, found by awaiting ``pending`` (after ``done``)."""
-
-    def __init__(self, pending, done) -> None:
-        self.background = None
-        self.pending, self.done = pending, done
-
-    async def __call__(self, scope, receive, send) -> None:
-        self.done()
-        await (await self.pending)(scope, receive, send)
-
-
 # Everything the class uses is defined above it: Serve pickles the class when it is decorated.
 @serve.deployment(name=ROUTER_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
                   max_ongoing_requests=1000)
@@ -248,12 +224,14 @@ class Router:
         self._prefixes[model_id] = view.get("embed_prefixes")
         endpoint = view.get("endpoint")
         if endpoint:
-            self._endpoints[model_id] = (endpoint["host"], endpoint["port"])
+            address, before = (endpoint["host"], endpoint["port"]), self._endpoints.get(model_id)
+            if before is not None and before != address and before in self._upstreams:
+                self._upstreams.pop(before).close()  # a new replica (a reload): the old one's port is gone
+            self._endpoints[model_id] = address
 
-    def _upstream(self, model_id: str) -> Upstream | None:
-        address = self._endpoints.get(model_id)
-        if address is None:
-            return None
+    def _upstream(self, model_id: str) -> Upstream:
+        """The pool to a ready model's replica (its port came with the "ready" answer or a snapshot)."""
+        address = self._endpoints[model_id]
         upstream = self._upstreams.get(address)
         if upstream is None:
             upstream = self._upstreams[address] = Upstream(*address, self._secret)
@@ -433,10 +411,7 @@ class Router:
             await self._ask("check", call.model_id)
             return await self._slow_path(call, retry=False)
 
-        if upstream is None:  # ready, yet no port known: the manager did not say (an old replica)
-            return _Deferred(failed_early(UpstreamError("no port known for its replica", False)), done)
-        return Relay(upstream, call.path, call.headers, call.body, call.model_id, call.streaming, call.deadline,
-                     self.config.request_timeout_s, done, failed_early if retry else None,
+        return Relay(upstream, call, self.config.request_timeout_s, done, failed_early if retry else None,
                      lambda: self._error_seen(call.model_id))
 
     def _error_seen(self, model_id: str) -> None:
@@ -536,46 +511,9 @@ class Router:
                 return
             state = (got["model"].get("loading") or {}).get("state", "loading")
             yield answers.heartbeat(model_id, time.time() - queued_at, state)
-        async for piece in self._stream_after_loading(call):
+        async for piece in after_heartbeats(self._upstream(model_id), call, self.config.request_timeout_s,
+                                            lambda: self._error_seen(model_id)):
             yield piece
-
-    async def _stream_after_loading(self, call: Call):
-        """The model's own stream, after heartbeats (so an error is an event, not a status)."""
-        model_id, upstream = call.model_id, self._upstream(call.model_id)
-        conn = None
-        try:
-            if upstream is None:
-                raise UpstreamError("no port known for its replica", False)
-            async with asyncio.timeout_at(call.deadline):
-                conn = await upstream.request(b"POST", call.path, call.headers, call.body)
-            if conn.status >= 400:
-                pieces = []
-                while (data := await conn.read()) is not None:
-                    pieces.append(data)
-                yield f"data: {answers.from_engine_answer(model_id, conn.status, b''.join(pieces), call.path.decode()).body.decode()}\n\n"
-                yield DONE
-            else:
-                while True:
-                    async with asyncio.timeout_at(call.deadline):  # around the wait only: never around a yield
-                        data = await conn.read()
-                    if data is None:
-                        break
-                    if answers.ERROR_EVENT.encode() in data:
-                        self._error_seen(model_id)
-                        data = answers.named_errors(model_id, data.decode()).encode()
-                    yield data
-            upstream.finished(conn)
-            conn = None
-        except TimeoutError:
-            yield answers.deadline_event(model_id, self.config.request_timeout_s)
-            yield DONE
-        except UpstreamError as exc:
-            self._error_seen(model_id)
-            yield answers.engine_error_event(model_id, exc)
-            yield DONE
-        finally:
-            if conn is not None:
-                conn.close()  # the client left (or the deadline passed): vLLM aborts the generation
 
 
 def build(config: RouterConfig):

@@ -158,6 +158,12 @@ class _Everywhere(dict):
     def get(self, key, default=None):
         return self.address
 
+    def __getitem__(self, key):
+        return self.address
+
+    def __setitem__(self, key, value) -> None:
+        pass  # the ports the manager's fakes report (9) are not where the fake replicas are
+
 
 def stream_items(n: int = 3) -> list[str]:
     return [f'data: {{"choices": [{{"delta": {{"content": "t{i}"}}}}]}}\n\n' for i in range(n)] + ["data: [DONE]\n\n"]

@@ -220,3 +220,13 @@ def test_v1_models_answers_from_the_pushed_snapshot_while_every_model_is_settled
     client.portal.call(router.models_changed, [{**v, "state": "loading"} if v["id"] == "a" else v for v in views])
     assert {m["id"]: m["state"] for m in client.get("/v1/models").json()["data"]}["a"] == "unloaded"
     assert len(asked) == 2  # a model in motion (its GPUs, its progress): the manager is asked
+
+
+def test_a_reloaded_models_new_port_replaces_the_pool_of_the_old_one():
+    cls = router_mod.Router.func_or_class
+    router = cls.__new__(cls)
+    router._setup(router_mod.RouterConfig())
+    router._learn({"id": "a", "endpoint": {"host": "127.0.0.1", "port": 40001}})
+    assert router._upstream("a").port == 40001
+    router._learn({"id": "a", "endpoint": {"host": "127.0.0.1", "port": 40002}})  # a new replica after a restart
+    assert router._upstream("a").port == 40002 and list(router._upstreams) == [("127.0.0.1", 40002)]

@@ -110,6 +110,18 @@ def test_a_key_limited_to_some_models_sees_and_uses_only_those(tmp_path, monkeyp
         assert client.post("/v1/chat/completions", json=CHAT_BODY, headers=auth).status_code == 200
 
 
+def test_anthropic_clients_key_in_x_api_key_is_taken(tmp_path, monkeypatch):
+    manager = make_manager(tmp_path, models("a"), FakeServe(), poll_interval_s=0.02)
+    keys = KeyFile(tmp_path / "api-keys")
+    key = keys.add("claude-code", ["inference"], [])
+    make_router(monkeypatch, manager, {"a": Replica(Gen([Body(CHAT)]))}, keys_path=str(keys.path))
+    with TestClient(router_mod.api, base_url="http://127.0.0.1") as client:
+        client.portal.call(manager.reconcile)
+        assert client.post("/v1/messages", json=CHAT_BODY).status_code == 401
+        assert client.post("/v1/messages", json=CHAT_BODY, headers={"x-api-key": "sk-llmbox-wrong"}).status_code == 401
+        assert client.post("/v1/messages", json=CHAT_BODY, headers={"x-api-key": key}).status_code == 200
+
+
 def test_an_oversized_body_is_refused_before_it_is_read(box):
     client = box[0]
     big = client.post("/v1/chat/completions", content=b"x" * 16, headers={**JSON, "content-length": str(9 << 20)})
@@ -125,10 +137,12 @@ def test_an_oversized_body_is_refused_before_it_is_read(box):
 
 @pytest.mark.parametrize("change,param", [({"n": 17}, "n"), ({"max_tokens": 65537}, "max_tokens"),
                                           ({"max_completion_tokens": 10**6}, "max_completion_tokens"),
-                                          ({"stream": "false"}, "stream")])
+                                          ({"stream": "false"}, "stream"), ({"n": "5"}, "n"),
+                                          ({"max_output_tokens": 70000, "path": "/v1/responses"}, "max_output_tokens")])
 def test_sizes_beyond_the_caps_and_a_string_stream_get_400(box, change, param):
     client = box[0]
-    response = client.post("/v1/chat/completions", json={**CHAT_BODY, **change})
+    path = change.pop("path", "/v1/chat/completions")
+    response = client.post(path, json={**CHAT_BODY, **change})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
 
@@ -174,7 +188,8 @@ def test_a_request_past_its_deadline_is_cancelled_and_says_so(tmp_path, monkeypa
         with client.stream("POST", "/v1/chat/completions", json={**CHAT_BODY, "stream": True}) as response:
             lines = [line for line in response.iter_lines() if line]
         assert '"request_timeout"' in lines[-2] and lines[-1] == "data: [DONE]"
-        assert trickle.cancelled and trickle.sent < 100
+        wait_for(lambda: trickle.cancelled, 2, "the replica to see the router leave", every_s=0.01)
+        assert trickle.sent < 100
         assert manager.models["a"].in_flight() == 0
 
 
