@@ -127,7 +127,7 @@ class Connection(asyncio.Protocol):
 
     def send(self, head: bytes, body: bytes) -> None:
         self._reset()
-        self.transport.write(head + body)  # one write, one segment: writelines made two (measured slower)
+        self.transport.write(head + body)  # one write: writelines may send the head and body as two segments
 
     async def response_head(self) -> None:
         """Wait for the status line and headers (``status``, ``headers``)."""
