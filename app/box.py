@@ -173,7 +173,7 @@ def token_for_worker(settings: Settings) -> int:
     token = shared_secret.read(ray_head.auth_token_path(settings))
     say("on the worker (the same install at the same path, the models folder shared at the same path), run:")
     print(f" LLMBOX_JOIN_TOKEN={token} LLMBOX_CLUSTER_IP=<its address> ./start.sh join "
-          f"{ray_head.address(settings)} --name <its name>")
+          f"{ray_head.address(settings)} --as <its name>")
     say("(the leading space keeps it out of most shells' history; the token is the cluster's: keep it secret)")
     return 0
 

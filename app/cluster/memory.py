@@ -25,12 +25,13 @@ class ClusterMemory:
     def __init__(self, kind: Literal["cpu", "gpu"]) -> None:
         self.kind = kind
         self._agents: dict[str, object] = {}  # Ray node id -> its agent's handle
+        self._names: dict[str, str] = {}  # Ray node id -> node name, as seen while it lived
         self._lock = threading.Lock()  # callers run in threads (asyncio.to_thread)
 
     def nodes(self) -> list[Node]:
         """The box's nodes now; every live one has an agent."""
-        found = nodes.read()
         with self._lock:
+            found = nodes.read(self._names)
             for node in found:
                 if node.alive and node.node_id not in self._agents:
                     self._agents[node.node_id] = agent.spawn(node.name, node.node_id, self.kind, node.cpu_budget_gb)
@@ -47,6 +48,8 @@ class ClusterMemory:
 
         live = [n for n in self.nodes() if n.alive]
         asked = {n.name: self._agents[n.node_id].devices.remote() for n in live if n.node_id in self._agents}
+        if not asked:
+            return []
         ready, _ = ray.wait(list(asked.values()), num_returns=len(asked), timeout=ANSWER_S)
         found: list[Device] = []
         for name, ref in asked.items():

@@ -43,17 +43,25 @@ class Node:
     death: str = ""  # why Ray marked it dead
 
 
-def parse(ray_nodes: list[dict]) -> list[Node]:
+def parse(ray_nodes: list[dict], known: dict[str, str] | None = None) -> list[Node]:
     """The llmbox nodes among ``ray.nodes()`` (nodes without an llmbox name are not the box's).
 
-    A name may appear more than once: a node that died and joined again. The newest live entry wins."""
+    Ray lists a dead node without its resources: ``known`` (Ray node id -> name, kept by the caller
+    from earlier answers, and updated here) still names it. A name may appear more than once: a
+    node that died and joined again. A live entry wins over a dead one."""
+    known = {} if known is None else known
     found: dict[str, Node] = {}
     for raw in ray_nodes:
         resources = raw.get("Resources") or {}
+        node_id = raw.get("NodeID", "")
         names = [k[len(NODE_RESOURCE_PREFIX):] for k in resources if k.startswith(NODE_RESOURCE_PREFIX)]
-        if not names:
+        if names:
+            known[node_id] = names[0]
+        elif node_id in known:
+            names = [known[node_id]]
+        else:
             continue
-        node = Node(name=names[0], node_id=raw.get("NodeID", ""), address=raw.get("NodeManagerAddress", ""),
+        node = Node(name=names[0], node_id=node_id, address=raw.get("NodeManagerAddress", ""),
                     alive=bool(raw.get("Alive")), head=HEAD_RESOURCE in resources,
                     cpu_budget_gb=resources.get(CPU_BUDGET_RESOURCE),
                     death=raw.get("DeathReasonMessage") or "")
@@ -63,8 +71,8 @@ def parse(ray_nodes: list[dict]) -> list[Node]:
     return sorted(found.values(), key=lambda n: (not n.head, n.name))
 
 
-def read() -> list[Node]:
-    """The box's nodes now (one GCS call)."""
+def read(known: dict[str, str] | None = None) -> list[Node]:
+    """The box's nodes now (one GCS call); ``known``: see ``parse``."""
     import ray
 
-    return parse(ray.nodes())
+    return parse(ray.nodes(), known)

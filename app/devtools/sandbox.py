@@ -28,7 +28,8 @@ EMBED_ENTRY = (
 T = TypeVar("T")
 # The settings a box's processes must agree on, as LLMBOX_* variables (see ``env``).
 _SHARED = ("state_dir", "models_dir", "registry_path", "ray_port", "ray_dashboard_port", "serve_port", "api_port",
-           "ui_port", "host", "load_wait_s", "load_timeout_s", "cpu_memory_budget_gb", "hf_endpoint")
+           "ui_port", "host", "load_wait_s", "load_timeout_s", "cpu_memory_budget_gb", "hf_endpoint", "cluster_ip",
+           "node_name")
 
 
 def env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -137,16 +138,3 @@ def worker_of(head: Settings, base: Path, name: str, ip: str, **overrides) -> Se
     return Settings(state_dir=base / "var", models_dir=head.models_dir, registry_path=head.registry_path,
                     ray_port=head.ray_port, cluster_ip=ip, node_name=name, **overrides)
 
-
-@contextmanager
-def joined(head: Settings, worker: Settings) -> Iterator[Settings]:
-    """Run ``worker`` as a Ray worker node of the running ``head`` for the duration of the block."""
-    from app import ray_head
-    from app.web import shared_secret
-
-    shared_secret.write(ray_head.auth_token_path(worker), shared_secret.read(ray_head.auth_token_path(head)))
-    ray_head.join(worker, ray_head.address(head))
-    try:
-        yield worker
-    finally:
-        ray_head.stop(worker)

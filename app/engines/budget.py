@@ -64,7 +64,8 @@ def model_budget(entry: ModelEntry, folder: str | Path, kind: Literal["gpu", "cp
     weights = weights_on_disk(folder, engine.dtype)
     if weights is None:
         return None
-    tp = engine.tensor_parallel_size
+    # Weights and KV cache split over every GPU: TP splits each layer, pipeline stages the layers.
+    tp = engine.tensor_parallel_size * engine.pipeline_parallel_size
     sequences = 1 if entry.task == "embed" else engine.concurrent_sequences or footprint.DEFAULT_SEQUENCES
     declared_kv = engine.kv_cache_memory_bytes * tp if engine.kv_cache_memory_bytes else None
     return footprint.budget(read_config(folder), weights, tp=tp, kind=kind, max_model_len=engine.max_model_len,

@@ -33,7 +33,16 @@ class InProcessVLLMEngine(VLLMEngine):
 
     def _prepare_engine_config(self, callback_ctx):
         args, frontend_args, config = super()._prepare_engine_config(callback_ctx)
-        backend = "uni" if config.parallel_config.world_size == 1 else "mp"
-        config.parallel_config.distributed_executor_backend = backend
+        parallel = config.parallel_config
+        backend = executor(parallel.world_size, parallel.pipeline_parallel_size)
+        parallel.distributed_executor_backend = backend
         args.distributed_executor_backend = backend
         return args, frontend_args, config
+
+
+def executor(world_size: int, pipeline_parallel_size: int) -> str:
+    """vLLM's executor for an engine: in-process for one device, multiprocessing workers for TP on one
+    node, Ray's executor for pipeline stages on several nodes (the only one that crosses nodes)."""
+    if pipeline_parallel_size > 1:
+        return "ray"
+    return "uni" if world_size == 1 else "mp"

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -51,6 +51,13 @@ class Placement:
     utilisation: float | None = None  # gpu_memory_utilization told to vLLM (GPU hosts)
     kv_cache_bytes: int | None = None  # kv_cache_memory_bytes per GPU told to vLLM (None: vLLM sizes it)
     node: str = ""  # the node (app/cluster/nodes.py): its bundle is pinned there; "": wherever Ray likes
+    # Pipeline parallel: each stage's node and GPUs, the first being (node, gpus); () for one node.
+    stages: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def devices(self) -> tuple[tuple[str, int], ...]:
+        """Every (node, GPU index) it is placed on."""
+        stages = self.stages or ((self.node, self.gpus),)
+        return tuple((node, index) for node, gpus in stages for index in gpus)
 
     @classmethod
     def on_gpus(cls, gpus: list[int], per_device_gb: float, smallest_total_gb: float,
@@ -59,6 +66,10 @@ class Placement:
         rounded up to vLLM's precision (4 decimals) so the engine never gets less than booked."""
         utilisation = min(1.0, math.ceil(per_device_gb / smallest_total_gb * 10_000) / 10_000)
         return cls(tuple(gpus), per_device_gb, utilisation, kv_cache_bytes, node)
+
+    def across(self, stages: list[tuple[str, list[int]]]) -> Placement:
+        """This placement as the first of several pipeline stages."""
+        return replace(self, stages=tuple((node, tuple(gpus)) for node, gpus in stages))
 
 
 def gpu_resource(index: int) -> str:
@@ -97,6 +108,7 @@ def engine_kwargs(entry: ModelEntry, placement: Placement | None = None) -> dict
     engine = entry.engine
     kwargs: dict[str, Any] = {
         "tensor_parallel_size": engine.tensor_parallel_size,
+        **({"pipeline_parallel_size": engine.pipeline_parallel_size} if engine.pipeline_parallel_size > 1 else {}),
         "dtype": engine.dtype,
         "enforce_eager": engine.enforce_eager,
     }
@@ -136,14 +148,21 @@ def llm_config_dict(entry: ModelEntry, host: EngineHost, placement: Placement | 
         # logical-GPU tests run the CPU build under a GPU placement.
         "VLLM_CPU_KVCACHE_SPACE": str(host.cpu_kv_cache_gb),
     }
-    if host.device == "gpu" and placement is not None:
+    bundles = [bundle]
+    if host.device == "gpu" and placement is not None and placement.stages:
+        # Pipeline parallel across nodes: vLLM's Ray executor, one worker per GPU, each in a bundle
+        # of its own pinned to its node and booking its GPU's budget; Ray gives each worker a whole
+        # GPU of that node (so the stage's GPUs are the manager's only where they are the node's all).
+        bundles = [bundle] + [{"GPU": 1.0, node_resource(node): NODE_SHARE,
+                               gpu_resource(index): math.ceil(placement.per_device_gb * 100) / 100}
+                              for node, gpus in placement.stages for index in gpus]
+    elif host.device == "gpu" and placement is not None:
         bundle["GPU"] = RAY_GPU_SHARE
         for index in placement.gpus:
             bundle[gpu_resource(index)] = math.ceil(placement.per_device_gb * 100) / 100
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpus)
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering = NVML's (CUDA's default is fastest first)
     env.update(entry.engine.env)  # the schema refused any variable set here or outside the allow-list
-    bundles = [bundle]
     # Weights are always a local folder (a revision is chosen by the download), so the engine
     # never needs the hub.
     env["HF_HUB_OFFLINE"] = "1"

@@ -41,7 +41,7 @@ DEFAULT_RELOAD_S = 30.0  # reload cost assumed for a model never loaded here
 
 def need_gb(rt: Runtime, device: Device | None = None) -> float:
     """What ``rt`` needs on each device it is placed on (see the module docstring)."""
-    tp = rt.entry.engine.tensor_parallel_size
+    tp = rt.entry.engine.tensor_parallel_size * rt.entry.engine.pipeline_parallel_size  # the devices it spans
     if rt.memory_gb:
         return rt.memory_gb / tp
     if rt.entry.memory_gb:
@@ -56,7 +56,7 @@ def need_gb(rt: Runtime, device: Device | None = None) -> float:
 
 def on(rt: Runtime, device: Device) -> bool:
     """It is placed on this device (of this node)."""
-    return rt.placement is not None and rt.placement.node == device.node and device.index in rt.placement.gpus
+    return rt.placement is not None and (device.node, device.index) in rt.placement.devices()
 
 
 def booked(rt: Runtime) -> bool:
@@ -108,19 +108,22 @@ def key(device: Device) -> Key:
     return device.node, device.index
 
 
-def best_fit(rooms: dict[Key, float], needs: dict[Key, float], count: int) -> tuple[str, list[int]] | None:
+Stages = list[tuple[str, list[int]]]  # per pipeline stage: its node, and its devices there
+
+
+def best_fit(rooms: dict[Key, float], needs: dict[Key, float], count: int, stages: int = 1) -> Stages | None:
     """``count`` devices of one node whose room holds the need, the fullest first (the node whose
-    chosen devices are left with least room); None if no node has enough."""
+    chosen devices are left with least room); with ``stages`` > 1 (pipeline parallel) that on as
+    many distinct nodes. None if there are not enough such nodes."""
     chosen: list[tuple[float, str, list[int]]] = []
     for node in sorted({n for n, _ in rooms}):
         fitting = sorted((k for k in rooms if k[0] == node and needs[k] <= rooms[k] + 1e-9),
                          key=lambda k: (rooms[k] - needs[k], k))[:count]
         if len(fitting) == count:
             chosen.append((sum(rooms[k] - needs[k] for k in fitting), node, sorted(i for _, i in fitting)))
-    if not chosen:
+    if len(chosen) < stages:
         return None
-    _, node, indices = min(chosen, key=lambda c: (c[0], c[1]))
-    return node, indices
+    return [(node, indices) for _, node, indices in sorted(chosen, key=lambda c: (c[0], c[1]))[:stages]]
 
 
 def allowed(wanted: Runtime, device: Device) -> bool:
@@ -135,6 +138,7 @@ class Plan:
 
     gpus: list[int] | None = None  # it fits: place it on these devices ...
     node: str = ""  # ... of this node
+    stages: Stages | None = None  # (pipeline parallel) every stage's node and devices, the first being the above
     victim: Runtime | None = None  # else unload this model to make room (drain it when busy)
     never: str | None = None  # it could never fit here: why
 
@@ -143,7 +147,7 @@ def plan(models: Iterable[Runtime], wanted: Runtime, devices: list[Device], now:
          skipped: frozenset[str] = frozenset()) -> Plan:
     """Where ``wanted`` goes now, or what to unload first, or why it never can (module docstring)."""
     models = list(models)
-    tp = wanted.entry.engine.tensor_parallel_size
+    tp, pp = wanted.entry.engine.tensor_parallel_size, wanted.entry.engine.pipeline_parallel_size
     devices = [d for d in devices if allowed(wanted, d)]
     if not devices:
         return Plan(never=f"{wanted.entry.id!r} is pinned to nodes {', '.join(wanted.entry.nodes)}: none of them "
@@ -153,13 +157,16 @@ def plan(models: Iterable[Runtime], wanted: Runtime, devices: list[Device], now:
         where = "this host has" if len(per_node) == 1 else "the largest node has"
         return Plan(never=f"{wanted.entry.id!r} needs {tp} GPUs (tensor_parallel_size {tp}) on one node; "
                           f"{where} {max(per_node.values())}")
+    if pp > sum(1 for count in per_node.values() if count >= tp):
+        return Plan(never=f"{wanted.entry.id!r} needs {pp} nodes (pipeline_parallel_size {pp}) with {tp} GPUs "
+                          f"each; the cluster has {sum(1 for c in per_node.values() if c >= tp)}")
     needs = {key(d): need_gb(wanted, d) for d in devices}
     rooms = {key(d): room_gb(d, models, wanted) for d in devices}
-    fit = best_fit(rooms, needs, tp)
+    fit = best_fit(rooms, needs, tp, pp)
     if fit is not None:
-        return Plan(gpus=fit[1], node=fit[0])
+        return Plan(gpus=fit[0][1], node=fit[0][0], stages=fit if pp > 1 else None)
     ceilings = {key(d): ceiling_gb(d, models, wanted) for d in devices}
-    if best_fit(ceilings, needs, tp) is None:
+    if best_fit(ceilings, needs, tp, pp) is None:
         return Plan(never=refusal(wanted, devices, models))
     for busy in (False, True):
         # Idle models first; busy ones (drained) only when evicting every idle one is not enough.
@@ -167,14 +174,15 @@ def plan(models: Iterable[Runtime], wanted: Runtime, devices: list[Device], now:
         if busy:
             candidates += [v for v in victims(models, wanted, now, busy=True) if v.entry.id not in skipped]
         best: tuple | None = None
-        for node in sorted(per_node):  # evict on one node only: the one where it costs least
-            mine = [d for d in devices if d.node == node]
+        # Evict on one node only: the one where it costs least (a pipeline model's stages: anywhere).
+        scopes = [[d for d in devices if d.node == node] for node in sorted(per_node)] if pp == 1 else [devices]
+        for mine in scopes:
             freed = {key(d): rooms[key(d)] + sum(v.placement.per_device_gb for v in candidates if on(v, d))
                      for d in mine}
-            target = best_fit(freed, needs, tp)
+            target = best_fit(freed, needs, tp, pp)
             if target is None:
                 continue
-            targets = [d for d in mine if d.index in target[1]]
+            targets = [d for d in mine if any(d.node == node and d.index in gpus for node, gpus in target)]
             helpful = sorted((v for v in candidates if any(on(v, d) for d in targets)),
                              key=lambda v: (v.busy(), value(v, now)))
             if helpful and (best is None or (helpful[0].busy(), value(helpful[0], now)) < best[0]):

@@ -184,6 +184,10 @@ class Loading:
             return Placement(tuple(plan.gpus), need, node=plan.node)
         declared = rt.entry.memory_gb or rt.entry.engine.gpu_memory_utilization
         kv = rt.budget.kv_per_device if rt.budget is not None and not declared else None
+        if plan.stages:  # pipeline stages on several nodes: the smallest GPU of any sets the utilisation
+            smallest = min((d for d in devices for node, gpus in plan.stages if d.node == node and d.index in gpus),
+                           key=lambda d: d.total_gb)
+            return Placement.on_gpus(plan.gpus, need, smallest.total_gb, kv, plan.node).across(plan.stages)
         return Placement.on_gpus(plan.gpus, need, smallest.total_gb, kv, plan.node)
 
     def _used_gb(self, placement: Placement) -> dict[int, float] | None:

@@ -70,6 +70,7 @@ class ModelView(TypedDict, total=False):
     memory_measured: bool
     gpus: list[int]  # the devices it is placed on (GPU indices as NVML numbers them) while booked
     node: str  # the node those devices are on ("" on a single-box probe)
+    stages: list[dict[str, Any]]  # pipeline parallel: each stage's node and GPUs (the first is node/gpus)
     budget_gb: float | None  # what it is given on each of them (booked), else what it would need
     budget: dict[str, Any] | None  # the estimate from its files (footprint.Budget.as_gb)
     embed_prefixes: dict[str, str]  # embedding models with task prefixes: what the router adds
@@ -167,6 +168,7 @@ class Runtime:
             last_error=self.last_error, pids=self.pids if self.state == State.READY else [],
             gpus=list(self.placement.gpus) if self.placement else [],
             node=self.placement.node if self.placement else "",
+            stages=[{"node": n, "gpus": list(g)} for n, g in self.placement.stages] if self.placement else [],
             budget_gb=round(self.placement.per_device_gb, 3) if self.placement else None,
             budget=self.budget.as_gb() if self.budget else None,
         )

@@ -67,8 +67,9 @@ def check_engine_env(env: dict[str, str]) -> dict[str, str]:
 # hosts to talk to (kv_transfer_config, kv_events_config, otlp_traces_endpoint): with any of those an
 # admin token would run code or read files as the service user. Every argument below tunes how vLLM runs
 # the weights the entry names; none takes a path, a Python name or an address (the few that could are
-# narrowed by check_engine_arg). Not here on purpose: pipeline_parallel_size and data_parallel_size
-# (the manager books tensor_parallel_size GPUs, no more), distributed_executor_backend (set by
+# narrowed by check_engine_arg). Not here on purpose: pipeline_parallel_size (a setting of its own:
+# the manager places each stage) and data_parallel_size (the manager books tensor_parallel_size x
+# pipeline_parallel_size GPUs, no more), distributed_executor_backend (set by
 # app/engines/lean.py), served_model_name (llmbox names models), enable_lora and its kin (llmbox has no
 # adapter source, and lora_modules are paths), load_format and model_loader_extra_config (loaders that
 # fetch from elsewhere), enable_prompt_embeds (clients would send tensors to deserialize).
@@ -147,7 +148,11 @@ class _Strict(BaseModel):
 class EngineSettings(_Strict):
     """vLLM engine settings for one model (passed to its own engine, so models may differ)."""
 
-    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs the model is split across.")
+    tensor_parallel_size: int = Field(1, ge=1, le=64, description="GPUs of one node the model is split across.")
+    pipeline_parallel_size: int = Field(
+        1, ge=1, le=16, description="Nodes the model's layers are split across (GPU clusters; vLLM's advice for "
+        "boxes joined by Ethernet), each with tensor_parallel_size GPUs of it."
+    )
     max_model_len: int | None = Field(None, ge=16, description="Context length; default: the model's own.")
     dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field("auto", description="Weight/activation dtype.")
     gpu_memory_utilization: float | None = Field(

@@ -3,7 +3,7 @@ own Ray temp dir and a CPU budget that holds one tiny model): placement across n
 that stays on its node, and a worker node lost.
 
 Real Ray Serve + vLLM (CPU build); the worker joins the head the way ``./start.sh join`` does
-(app/devtools/sandbox.py ``joined``). Both nodes share the models folder, as a real cluster
+(``./start.sh token-for-worker`` on the head, then the ``./start.sh join`` it prints). Both nodes share the models folder, as a real cluster
 shares it over NFS. Ray listens on every interface in multi-node mode (Ray's own choice, behind
 the token); the test's traffic goes only to loopback addresses.
 """
@@ -11,7 +11,10 @@ the token); the test's traffic goes only to loopback addresses.
 from __future__ import annotations
 
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -21,9 +24,10 @@ import pytest
 import ray
 
 from app import ray_head
-from app.devtools.sandbox import joined, make_box, running, tiny_entry, wait_for, worker_of
+from app.devtools.sandbox import env, make_box, running, tiny_entry, wait_for, worker_of
 from app.events import EventLog
 from app.lifecycle import actor
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow
 HEAD_IP, WORKER_IP = "127.0.0.2", "127.0.0.3"
@@ -34,12 +38,37 @@ BUDGET_GB = 3.0  # one tiny model (2.3 GB) per node
 def cluster():
     base = Path("/tmp") / f"lbn{os.getpid()}"
     entries = (tiny_entry("chat-a", Path("{tiny}")) + tiny_entry("chat-b", Path("{tiny}"))
-               + tiny_entry("chat-c", Path("{tiny}")) + "      nodes: [head]\n")
+               + tiny_entry("chat-c", Path("{tiny}")) + "      nodes: [head]\n"
+               + tiny_entry("chat-d", Path("{tiny}")) + "      nodes: [w1]\n")
     head = make_box(base / "head", entries, cluster_ip=HEAD_IP, node_name="head", cpu_memory_budget_gb=BUDGET_GB,
                     load_wait_s=240, load_timeout_s=300)
     worker = worker_of(head, base / "w1", "w1", WORKER_IP, cpu_memory_budget_gb=BUDGET_GB)
-    with running(head), joined(head, worker):
-        yield head, worker
+    with running(head):
+        try:
+            join(head, worker)
+            yield head, worker
+        finally:
+            ray_head.stop(worker)
+
+
+def box(settings, *args: str, **extra: str) -> subprocess.CompletedProcess:
+    """``./start.sh ARGS`` (the box CLI) as the node ``settings`` describes."""
+    return subprocess.run([sys.executable, "-m", "app.box", *args], env=env(settings, **extra), cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+
+
+def join(head, worker) -> None:
+    """What an operator does: ask the head for the command, run it on the worker."""
+    printed = box(head, "token-for-worker")
+    assert printed.returncode == 0, printed.stdout + printed.stderr
+    line = next(line for line in printed.stdout.splitlines() if "./start.sh join" in line)
+    token = re.search(r"LLMBOX_JOIN_TOKEN=(\S+)", line)[1]
+    assert f"./start.sh join {HEAD_IP}:{head.ray_port} --as <its name>" in line
+    joined = box(worker, "join", f"{HEAD_IP}:{head.ray_port}", "--ip", WORKER_IP, "--as", "w1",
+                 LLMBOX_JOIN_TOKEN=token)
+    assert joined.returncode == 0, joined.stdout + joined.stderr
+    assert f"as node 'w1' ({WORKER_IP})" in joined.stdout
+    assert token not in joined.stdout + joined.stderr
 
 
 def manager(head):
@@ -99,3 +128,21 @@ def test_a_lost_worker_unloads_its_model_and_the_next_request_reloads_it_on_the_
     models = views(head)
     assert (models["chat-b"]["state"], models["chat-b"]["node"]) == ("ready", "head")
     assert models["chat-c"]["state"] == "unloaded"
+
+
+def test_a_worker_that_joins_again_serves_and_leaving_unloads_its_models_first(cluster):
+    head, worker = cluster
+    ray_head.stop(worker)  # what is left of the killed node
+    join(head, worker)
+    assert chat(head, "chat-d").status_code == 200  # pinned to w1
+    assert views(head)["chat-d"]["node"] == "w1"
+    left = box(worker, "leave")
+    assert left.returncode == 0, left.stdout + left.stderr
+    assert "the head has unloaded this node's models (chat-d)" in left.stdout
+    assert views(head)["chat-d"]["state"] == "unloaded"
+    assert not ray_head.pids(worker)  # its Ray is stopped
+    nodes = wait_for(lambda: [n for n in ray.get(manager(head).nodes.remote()) if n["name"] == "w1" and not n["alive"]],
+                     15, "w1 shown as gone")
+    assert nodes[0]["devices"] == []  # its memory left the ledger
+    answer = chat(head, "chat-d")  # pinned to a node that is gone: a clear refusal, not a hang
+    assert answer.status_code == 503 and "pinned to nodes w1" in answer.json()["error"]["message"], answer.text

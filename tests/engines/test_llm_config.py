@@ -140,3 +140,9 @@ def test_package_sources_resolve_to_the_installed_folder_or_say_what_is_missing(
     assert Path(path, "config.json").is_file()
     with pytest.raises(SourceMissing, match="not installed"):
         resolve(entry(source="package:no_such_package_xyz/model"))
+
+
+def test_the_executor_is_in_process_mp_for_one_node_and_ray_across_nodes():
+    from app.engines.lean import executor
+
+    assert (executor(1, 1), executor(4, 1), executor(4, 2)) == ("uni", "mp", "ray")

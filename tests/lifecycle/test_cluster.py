@@ -23,7 +23,8 @@ def entries(*models: tuple[str, float], extra: str = "") -> str:
 
 
 class Cluster:
-    """Three nodes x two GPUs whose used memory follows the engines deployed there."""
+    """Three nodes x two GPUs whose used memory follows the engines deployed there (the bundles' node
+    pins are checked against the placement in the tests)."""
 
     kind = "gpu"
 
@@ -36,18 +37,15 @@ class Cluster:
 
         def deploying(model_id, config, key, placement=None):
             deploy(model_id, config, key, placement)
-            bundle = config["placement_group_config"]["bundles"][0]
-            node = next(k.removeprefix("llmbox_node_") for k in bundle if k.startswith("llmbox_node_"))
-            visible = [int(i) for i in config["runtime_env"]["env_vars"]["CUDA_VISIBLE_DEVICES"].split(",")]
-            self.held[model_id] = (node, visible, placement.per_device_gb)
-            for index in visible:
-                self.used[node, index] += placement.per_device_gb
+            self.held[model_id] = (placement.devices(), placement.per_device_gb)
+            for device in placement.devices():
+                self.used[device] += placement.per_device_gb
 
         def deleting(model_id):
             delete(model_id)
-            node, gpus, gb = self.held.pop(model_id, ("", [], 0))
-            for index in gpus:
-                self.used[node, index] -= gb
+            devices, gb = self.held.pop(model_id, ((), 0))
+            for device in devices:
+                self.used[device] -= gb
 
         serve.deploy, serve.delete = deploying, deleting
 
@@ -194,3 +192,36 @@ def test_a_leaving_node_gets_nothing_new_and_its_models_are_unloaded(tmp_path):
     assert manager.models["c"].state == State.UNLOADED
     assert placed(manager)["d"][0] == "n3"
     assert [e["node"] for e in manager.events.read(kind="node_leaving")] == ["n2"]
+
+
+def test_a_pipeline_parallel_model_gets_a_stage_on_each_of_several_nodes(tmp_path):
+    serve = FakeServe()
+    cluster = Cluster(serve)
+    pp = "      engine: {tensor_parallel_size: 2, pipeline_parallel_size: 2}\n"
+    models = (entries(("small", 20.0)) + entries(("pp2", 40.0), extra=pp)
+              + entries(("pp4", 8.0), extra=pp.replace("pipeline_parallel_size: 2", "pipeline_parallel_size: 4")))
+
+    async def scenario():
+        manager = cluster_manager(tmp_path, models, serve, cluster, load_timeout_s=3600)
+        await manager.reconcile()
+        await use(manager, "small")
+        assert await use(manager, "pp2") == "ready"
+        await manager.acquire("pp4")
+        return manager, await manager.wait("pp4", 5, 0), await manager.status()
+
+    manager, refused, status = asyncio.run(scenario())
+    # 10 GB on each of 2 GPUs of 2 nodes: the head has only GPU 1 with room, so n2 and n3.
+    placement = manager.models["pp2"].placement
+    assert placement.stages == (("n2", (0, 1)), ("n3", (0, 1))) and placement.per_device_gb == 10.0
+    bundles = serve.configs["pp2"]["placement_group_config"]["bundles"]
+    assert [b.get("llmbox_node_n2", b.get("llmbox_node_n3")) for b in bundles[1:]] == [0.001] * 4
+    assert [b["GPU"] for b in bundles[1:]] == [1.0] * 4  # one whole GPU per worker of Ray's executor
+    assert serve.configs["pp2"]["engine_kwargs"]["pipeline_parallel_size"] == 2
+    assert "CUDA_VISIBLE_DEVICES" not in serve.configs["pp2"]["runtime_env"]["env_vars"]  # Ray assigns them
+    rows = {(d["node"], d["index"]): d["booked_gb"] for d in status["devices"]}
+    assert [rows[n, i] for n in ("n2", "n3") for i in (0, 1)] == [10.0] * 4
+    view = next(m for m in status["models"] if m["id"] == "pp2")
+    assert view["stages"] == [{"node": "n2", "gpus": [0, 1]}, {"node": "n3", "gpus": [0, 1]}]
+    assert refused["outcome"] == "refused"
+    assert ("'pp4' needs 4 nodes (pipeline_parallel_size 4) with 2 GPUs each; the cluster has 3"
+            in refused["model"]["last_error"])

@@ -37,7 +37,7 @@ def test_every_allowed_name_is_an_argument_of_the_installed_vllm():
     ("kv_transfer_config", {"kv_connector": "x"}), ("kv_events_config", {"endpoint": "tcp://evil:5557"}),
     ("otlp_traces_endpoint", "http://evil:4317"),
     # what llmbox decides: placement, executor, names; LoRA has no adapter source here
-    ("pipeline_parallel_size", 2), ("data_parallel_size", 2), ("distributed_executor_backend", "ray"),
+    ("data_parallel_size", 2), ("distributed_executor_backend", "ray"),
     ("served_model_name", "other"), ("enable_lora", True), ("max_lora_rank", 64), ("enable_prompt_embeds", True),
     # unknown
     ("no_such_argument", 1),
@@ -45,6 +45,11 @@ def test_every_allowed_name_is_an_argument_of_the_installed_vllm():
 def test_an_argument_off_the_allow_list_is_refused_by_name(name, value):
     with pytest.raises(ValueError, match=f"engine argument '{name}' is not on the allow-list"):
         entry({name: value})
+
+
+def test_pipeline_parallel_goes_in_its_own_field_not_extra_args():
+    with pytest.raises(ValueError, match="'pipeline_parallel_size' has its own field: set engine.pipeline_parallel"):
+        entry({"pipeline_parallel_size": 2})
 
 
 @pytest.mark.parametrize("args, message", [

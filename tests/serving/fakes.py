@@ -164,6 +164,12 @@ class _Everywhere(dict):
     def __setitem__(self, key, value) -> None:
         pass  # the ports the manager's fakes report (9) are not where the fake replicas are
 
+    def __contains__(self, key) -> bool:
+        return True
+
+    def pop(self, key, *default):
+        return self.address
+
 
 def stream_items(n: int = 3) -> list[str]:
     return [f'data: {{"choices": [{{"delta": {{"content": "t{i}"}}}}]}}\n\n' for i in range(n)] + ["data: [DONE]\n\n"]

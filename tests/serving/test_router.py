@@ -230,3 +230,20 @@ def test_a_reloaded_models_new_port_replaces_the_pool_of_the_old_one():
     assert router._upstream("a").port == 40001
     router._learn({"id": "a", "endpoint": {"host": "127.0.0.1", "port": 40002}})  # a new replica after a restart
     assert router._upstream("a").port == 40002 and list(router._upstreams) == [("127.0.0.1", 40002)]
+
+
+def test_requests_in_flight_end_with_an_error_at_once_when_the_models_replica_is_gone(box):
+    """Its node was lost (or its engine died): the manager's push ends them, not their deadline."""
+    client, manager, _, _, replicas, router = box
+    client.portal.call(use, manager, "a")
+    replicas["a"] = Replica(Gen(stream_items(200), delay_s=0.05))  # ~10 s of tokens
+    views = client.portal.call(manager.status)["models"]
+    lines = []
+    with client.stream("POST", "/v1/chat/completions", json={**CHAT_BODY, "stream": True}) as response:
+        for line in response.iter_lines():
+            if line:
+                lines.append(line)
+            if len(lines) == 2:
+                client.portal.call(router.models_changed, [{**v, "state": "unloaded"} for v in views])
+    assert len(lines) < 20 and lines[-1] == "data: [DONE]"
+    assert messages_in(lines) == ["model 'a' failed while answering: the replica closed the connection"]

@@ -26,7 +26,9 @@ from app.lifecycle import actor
 from app.registry.edits import add_model, update_model
 from app.registry.schema import ModelEntry
 from app.registry.store import RegistryStore
-from app.serving import deploy, router
+from app import ray_head
+from app.serving import router
+from app.web import shared_secret
 from app.web.shared_secret import HEADER as SECRET_HEADER
 from app.serving.keys import hash_key
 
@@ -52,7 +54,7 @@ def box():
         serve.run_many([serve.RunTarget(
             router.build(router.RouterConfig(port=STRICT_PORT, api_key_hashes=(hash_key(KEY),),
                                              load_wait_s=1,
-                                             replica_secret_path=str(deploy.replica_secret_path(settings)))),
+                                             ray_token_path=str(ray_head.auth_token_path(settings)))),
             name="router-strict", route_prefix=None)])
         yield settings
 
@@ -173,12 +175,16 @@ def test_every_route_of_vllms_app_answers_through_8000_for_a_model_of_its_task(u
     assert "'embed'" in wrong_task.value.body["message"]
 
 
-def test_a_replica_port_answers_only_the_router(manager):
+def test_a_replica_port_answers_only_the_router(manager, box):
     endpoint = next(m["endpoint"] for m in ray.get(manager.status.remote())["models"] if m["id"] == "embed")
     address = f"http://{endpoint['host']}:{endpoint['port']}/v1/embeddings"
     for headers in ({}, {SECRET_HEADER: "0" * 64}):
         response = httpx.post(address, json={"model": "embed", "input": "a cat"}, headers=headers)
         assert response.status_code == 403 and response.json()["error"]["code"] == "not_the_router"
+    # The secret the router sends is derived from the box's Ray token: with it, the replica answers.
+    secret = shared_secret.replica_secret(ray_head.auth_token_path(box))
+    answer = httpx.post(address, json={"model": "embed", "input": "a cat"}, headers={SECRET_HEADER: secret})
+    assert answer.status_code == 200 and answer.json()["data"][0]["embedding"]
 
 
 def test_the_serving_path_runs_at_normal_priority(manager, embed_pid):
