@@ -76,7 +76,10 @@ def deployed(model_id: str) -> tuple[str, Placement | None] | None:
         return None
     record = json.loads(value)
     placement = record.get("placement")
-    return record["key"], Placement(**{**placement, "gpus": tuple(placement["gpus"])}) if placement else None
+    if not placement:
+        return record["key"], None
+    stages = tuple((node, tuple(gpus)) for node, gpus in placement.get("stages", ()))
+    return record["key"], Placement(**{**placement, "gpus": tuple(placement["gpus"]), "stages": stages})
 
 
 def snapshot() -> dict[str, AppInfo]:

@@ -1,9 +1,15 @@
-"""How the box tells its nodes apart in what Ray reports (app/cluster/nodes.py), and the command
-lines a node starts Ray with (app/ray_head.py): pure, no Ray started."""
+"""How the box tells its nodes apart in what Ray reports (app/cluster/nodes.py), the command lines
+a node starts Ray with (app/ray_head.py), and what ./start.sh join says when it lacks what it
+needs: no Ray started."""
+
+import os
+import subprocess
+import sys
 
 from app import ray_head
 from app.cluster.nodes import parse
 from app.settings import Settings
+from tests.conftest import ROOT
 
 
 def raw(node_id, name=None, alive=True, head=False, address="10.0.0.2", **resources):
@@ -44,3 +50,22 @@ def test_a_head_on_the_cluster_network_runs_multi_node_and_a_worker_joins_it(tmp
     cmd = ray_head.command(worker, join="10.0.0.1:6379")
     assert "--head" not in cmd and "--address=10.0.0.1:6379" in cmd and "--node-ip-address=10.0.0.2" in cmd
     assert '--resources={"llmbox_node_w1": 1.0}' in cmd
+
+
+def run_box(tmp_path, *args, **env):
+    """``./start.sh ARGS`` on a machine with nothing running, as a user would run it."""
+    variables = {k: v for k, v in os.environ.items() if k != "LLMBOX_CLUSTER_IP"}
+    variables.update(LLMBOX_STATE_DIR=str(tmp_path / "var"), **env)
+    return subprocess.run([sys.executable, "-m", "app.box", *args], env=variables, cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_join_without_the_token_or_an_address_says_what_to_do(tmp_path):
+    no_token = run_box(tmp_path, "join", "10.0.0.1", "--ip", "10.0.0.2")
+    assert no_token.returncode == 2
+    assert "no cluster token: run ./start.sh token-for-worker on the head" in no_token.stdout
+    no_address = run_box(tmp_path, "join", "10.0.0.1", LLMBOX_JOIN_TOKEN="ab" * 32)
+    assert no_address.returncode == 1 and "a worker needs LLMBOX_CLUSTER_IP" in no_address.stdout
+    assert "ab" * 32 not in no_address.stdout + no_address.stderr
+    single = run_box(tmp_path, "token-for-worker")
+    assert single.returncode == 2 and "set LLMBOX_CLUSTER_IP to its address on the cluster network" in single.stdout

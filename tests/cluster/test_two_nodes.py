@@ -115,6 +115,7 @@ def test_a_lost_worker_unloads_its_model_and_the_next_request_reloads_it_on_the_
     raylet = next(p for p in map(psutil.Process, ray_head.pids(worker)) if p.name() == "raylet")
     killed = time.monotonic()
     os.kill(raylet.pid, signal.SIGKILL)
+    assert chat(head, "chat-c").status_code == 200  # the head serves its own models throughout
     wait_for(lambda: views(head)["chat-b"]["state"] == "unloaded", 5, "chat-b unloaded after its node died",
              every_s=0.2)
     lost_after = time.monotonic() - killed

@@ -148,7 +148,7 @@ def test_a_tensor_parallel_model_is_given_two_distinct_gpus(box):
 
 @pytest.mark.parametrize(("model", "reason"), [
     ("huge", "not enough memory for 'huge': needs 12.0 GB on one GPU"),
-    ("tp4", "'tp4' needs 4 GPUs (tensor_parallel_size 4); this host has 2"),
+    ("tp4", "'tp4' needs 4 GPUs (tensor_parallel_size 4) on one node; this host has 2"),
 ])
 def test_what_fits_nowhere_is_refused_at_once_with_the_reason(box, model, reason):
     _, url = box
