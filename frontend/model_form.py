@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 
-ENGINE_FIELDS = ("dtype", "max_model_len", "tensor_parallel_size", "gpu_memory_utilization", "kv_cache_memory_bytes",
-                 "concurrent_sequences", "enforce_eager")
+ENGINE_FIELDS = ("dtype", "max_model_len", "tensor_parallel_size", "pipeline_parallel_size", "gpu_memory_utilization",
+                 "kv_cache_memory_bytes", "concurrent_sequences", "enforce_eager")
 # Engine settings written as JSON objects, with an example for the error message.
 ENGINE_MAPS = {"extra_args": '{"max_num_seqs": 8}', "env": '{"NCCL_P2P_DISABLE": "1"}'}
 
@@ -26,6 +26,7 @@ def entry_from_form(form) -> tuple[dict, list[str]]:
     engine = {"dtype": form.get("engine_dtype") or "auto",
               "max_model_len": _number(form, "engine_max_model_len", int, errors),
               "tensor_parallel_size": _number(form, "engine_tensor_parallel_size", int, errors) or 1,
+              "pipeline_parallel_size": _number(form, "engine_pipeline_parallel_size", int, errors) or 1,
               "gpu_memory_utilization": _number(form, "engine_gpu_memory_utilization", float, errors),
               "kv_cache_memory_bytes": _number(form, "engine_kv_cache_memory_bytes", int, errors),
               "concurrent_sequences": _number(form, "engine_concurrent_sequences", int, errors),
@@ -34,7 +35,8 @@ def entry_from_form(form) -> tuple[dict, list[str]]:
              "revision": (form.get("revision_ref") or "").strip() or None, "task": form.get("task") or "generate",
              "serve": bool(form.get("serve")), "always_on": bool(form.get("always_on")),
              "idle_timeout_s": _number(form, "idle_timeout_s", int, errors),
-             "memory_gb": _number(form, "memory_gb", float, errors), "engine": engine}
+             "memory_gb": _number(form, "memory_gb", float, errors), "engine": engine,
+             "nodes": [n.strip() for n in (form.get("nodes") or "").split(",") if n.strip()]}
     for key, example in ENGINE_MAPS.items():
         try:
             engine[key] = json.loads(form.get(f"engine_{key}") or "{}")
@@ -49,7 +51,8 @@ def entry_from_form(form) -> tuple[dict, list[str]]:
 def form_from_entry(entry: dict) -> dict:
     """Form values (strings) showing an entry."""
     values = {k: "" if entry.get(k) is None else entry[k] for k in ("id", "source", "task", "idle_timeout_s", "memory_gb")}
-    values.update(revision_ref=entry.get("revision") or "", serve=entry.get("serve"), always_on=entry.get("always_on"))
+    values.update(revision_ref=entry.get("revision") or "", serve=entry.get("serve"), always_on=entry.get("always_on"),
+                  nodes=", ".join(entry.get("nodes") or []))
     engine = entry.get("engine") or {}
     for key in ENGINE_FIELDS:
         values[f"engine_{key}"] = "" if engine.get(key) is None else engine[key]

@@ -24,6 +24,7 @@ class ModelUpdate(BaseModel):
     idle_timeout_s: int | None = Field(None, ge=0, description="Idle unload time; 0 = never.")
     memory_gb: float | None = Field(None, gt=0, description="Memory the loaded model needs.")
     engine: dict[str, Any] | None = Field(None, description="Engine settings to merge (see the registry schema).")
+    nodes: list[str] | None = Field(None, description="Only these cluster nodes may load it; [] or null: any.")
 
 
 class WriteResult(BaseModel):

@@ -26,6 +26,7 @@ class ClusterMemory:
         self.kind = kind
         self._agents: dict[str, object] = {}  # Ray node id -> its agent's handle
         self._names: dict[str, str] = {}  # Ray node id -> node name, as seen while it lived
+        self._live: dict[str, str] = {}  # node name -> Ray node id, as of the last nodes()
         self._lock = threading.Lock()  # callers run in threads (asyncio.to_thread)
 
     def nodes(self) -> list[Node]:
@@ -37,11 +38,14 @@ class ClusterMemory:
                     self._agents[node.node_id] = agent.spawn(node.name, node.node_id, self.kind, node.cpu_budget_gb)
             for node_id in set(self._agents) - {n.node_id for n in found if n.alive}:
                 del self._agents[node_id]
+            self._live = {n.name: n.node_id for n in found if n.alive}
         return found
 
     def _agent(self, node: str):
-        live = {n.name: n.node_id for n in self.nodes() if n.alive}
-        return self._agents.get(live.get(node, ""))
+        """The agent of ``node`` as of the last look at the nodes (the watchdog looks every second)."""
+        if node not in self._live:
+            self.nodes()
+        return self._agents.get(self._live.get(node, ""))
 
     def devices(self) -> list[Device]:
         import ray

@@ -36,15 +36,16 @@ def test_add_edit_toggle_delete(admin, someone_else):
     assert 'name="idle_timeout_s" value="120"' in edit and f'value="{base + 1}"' in edit
     engine = {"engine_dtype": "float32", "engine_max_model_len": "512", "engine_enforce_eager": "on",
               "engine_extra_args": '{"seed": 3}', "engine_env": '{"NCCL_P2P_DISABLE": "1"}',
-              "idle_timeout_s": "0", "memory_gb": "2.5"}
+              "idle_timeout_s": "0", "memory_gb": "2.5", "nodes": "gpu-b, gpu-c"}
     edited = post(admin, "/models/ui-added/edit", form_for("ui-added", base + 1, **engine), follow_redirects=True)
     assert f"saved as registry revision {base + 2}" in flashes(edited)[0]
     model = someone_else.get("/api/models/ui-added").json()
-    assert model["engine"] == {"tensor_parallel_size": 1, "max_model_len": 512, "dtype": "float32",
+    assert model["engine"] == {"tensor_parallel_size": 1, "pipeline_parallel_size": 1, "max_model_len": 512, "dtype": "float32",
                                "gpu_memory_utilization": None, "kv_cache_memory_bytes": None,
                                "concurrent_sequences": None, "enforce_eager": True, "extra_args": {"seed": 3},
                                "env": {"NCCL_P2P_DISABLE": "1"}}
-    assert model["idle_timeout_s"] == 0 and model["memory_gb"] == 2.5
+    assert model["idle_timeout_s"] == 0 and model["memory_gb"] == 2.5 and model["nodes"] == ["gpu-b", "gpu-c"]
+    assert 'name="nodes" value="gpu-b, gpu-c"' in admin.get("/models/ui-added/edit").get_data(as_text=True)
 
     # Only what changed is sent: clearing a field resets it, an unchanged form changes nothing.
     cleared = post(admin, "/models/ui-added/edit", form_for("ui-added", base + 2, **{**engine, "memory_gb": "",
