@@ -27,6 +27,7 @@ from app.lifecycle import actor
 from app.serving import deploy
 from app.serving.keys import KeyFile
 from app.settings import HF_TOKEN_VARIABLES, Settings, get_settings, without_secrets
+from app.web import shared_secret
 
 
 def say(message: str) -> None:
@@ -160,6 +161,71 @@ def stop(settings: Settings) -> None:
     say(f"stopped {len(stopped)} Ray processes" if stopped or api or ui else "nothing was running")
 
 
+def token_for_worker(settings: Settings) -> int:
+    """Print the one command that makes another machine a worker node of this head."""
+    if not ray_head.multi_node(settings):
+        say("this head runs single-node on 127.0.0.1: set LLMBOX_CLUSTER_IP to its address on the cluster "
+            "network, then ./start.sh stop && ./start.sh, and ask again")
+        return 2
+    if not ray_head.is_running(settings):
+        say("the head is not running: run ./start.sh")
+        return 3
+    token = shared_secret.read(ray_head.auth_token_path(settings))
+    say("on the worker (the same install at the same path, the models folder shared at the same path), run:")
+    print(f" LLMBOX_JOIN_TOKEN={token} LLMBOX_CLUSTER_IP=<its address> ./start.sh join "
+          f"{ray_head.address(settings)} --name <its name>")
+    say("(the leading space keeps it out of most shells' history; the token is the cluster's: keep it secret)")
+    return 0
+
+
+def join(settings: Settings, head: str) -> int:
+    """Make this machine a worker node of the head at ``head``: the cluster's token, then Ray."""
+    if ":" not in head:
+        head = f"{head}:{settings.ray_port}"
+    private_state_dir(settings)
+    token = os.environ.pop("LLMBOX_JOIN_TOKEN", "")
+    path = ray_head.auth_token_path(settings)
+    if token:
+        shared_secret.write(path, token)
+    elif not path.exists():
+        say("no cluster token: run ./start.sh token-for-worker on the head and use the command it prints")
+        return 2
+    check_usable(settings.device)
+    if not ray_head.join(settings, head):
+        say(f"this machine already runs a worker node of {ray_head.joined_head(settings)}")
+        return 0
+    ray_head.connect(settings)
+    from app.cluster import nodes
+
+    mine = [n for n in nodes.read() if n.name == settings.node_name and n.alive]
+    if not mine:
+        say(f"error: joined, but the head does not list a live node {settings.node_name!r}")
+        return 1
+    say(f"joined the cluster at {head} as node {settings.node_name!r} ({mine[0].address}); "
+        f"leave with ./start.sh leave")
+    return 0
+
+
+def leave(settings: Settings) -> int:
+    """Leave the cluster: the manager moves this node's models away, then this node's Ray stops."""
+    head = ray_head.joined_head(settings)
+    if head is None or not ray_head.is_joined(settings):
+        say("this machine is not a worker node of a cluster")
+        return 3
+    try:
+        ray_head.connect(settings)
+        result = ray.get(actor.handle().leave.remote(settings.node_name), timeout=300)
+        moved = ", ".join(result["unloaded"]) or "none"
+        say(f"the head has unloaded this node's models ({moved}); stopping this node")
+    except Exception as exc:  # noqa: BLE001 - the head is gone: stop anyway (as a lost node)
+        say(f"the head did not answer ({type(exc).__name__}): stopping this node anyway")
+    ray.shutdown()
+    stopped = ray_head.stop(settings)
+    ray_head.head_file(settings).unlink(missing_ok=True)
+    say(f"left the cluster at {head} (stopped {len(stopped)} Ray processes)")
+    return 0
+
+
 def new_token(settings: Settings, name: str, scope: str) -> int:
     token = TokenFile(settings.admin_tokens_path).add(name, scope)
     say(f"token {name!r} ({scope}), shown once:")
@@ -190,6 +256,10 @@ def reconcile(settings: Settings) -> int:
 
 
 def status(settings: Settings) -> int:
+    if ray_head.is_joined(settings):
+        say(f"worker node {settings.node_name!r} of the cluster at {ray_head.joined_head(settings)} "
+            "(./start.sh status on the head shows the models)")
+        return 0
     running = ray_head.is_running(settings)
     say(f"Ray head: {'running on ' + ray_head.address(settings) if running else 'not running'}")
     api = services.pid(settings, "api")
@@ -212,17 +282,28 @@ def _print_status(status: dict) -> None:
     memory = status["memory"]
     say(f"registry revision {status['revision']}; {status['device']} memory for models: "
         f"{memory['used_by_models_gb']:.1f} of {memory['total_gb']:.1f} GB in use")
+    nodes = sorted({d["node"] for d in status["devices"]})
+    if len(nodes) > 1:
+        for node in nodes:
+            mine = [d for d in status["devices"] if d["node"] == node]
+            say(f"  node {node}: {sum(d['booked_gb'] for d in mine):.1f} of {sum(d['total_gb'] for d in mine):.1f} GB "
+                f"booked ({', '.join(m['id'] for d in mine for m in d['models']) or 'no models'})")
     for m in status["models"]:
         role = "always on" if m["always_on"] else ("on demand" if m["serve"] else "not served")
         extra = f"  ({m['last_error']})" if m["state"] == "failed" else ""
-        say(f"  model {m['id']:28} {m['task']:8} {role:10} {m['state']}{extra}")
+        where = f" on {m['node']}" if len(nodes) > 1 and m.get("node") else ""
+        say(f"  model {m['id']:28} {m['task']:8} {role:10} {m['state']}{where}{extra}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="./start.sh", description="Run the llmbox single-box quickstart.")
     parser.add_argument("command", nargs="?", default="start",
-                        choices=["start", "stop", "status", "reconcile", "token", "key", "deploy"])
-    parser.add_argument("name", nargs="?", default="admin", help="token, key: the new one's name")
+                        choices=["start", "stop", "status", "reconcile", "token", "key", "deploy",
+                                 "token-for-worker", "join", "leave"])
+    parser.add_argument("name", nargs="?", default="admin", help="token, key: the new one's name; "
+                        "join: the head's address (HOST[:PORT])")
+    parser.add_argument("--ip", help="join: this node's address on the cluster network (LLMBOX_CLUSTER_IP)")
+    parser.add_argument("--node-name", "--as", dest="node_name", help="join: this node's name (LLMBOX_NODE_NAME)")
     parser.add_argument("--scope", help="token: admin (default) or read; key: inference (default), control, "
                         "or inference,control")
     parser.add_argument("--models", default="", help="key: only these models (comma-separated; default: all)")
@@ -230,6 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     os.umask(0o077)  # the box's files (and its services' and Ray's, which inherit it) are this user's alone
     if args.command == "token" and args.scope not in (None, "admin", "read"):
         parser.error("token --scope: admin or read")
+    if args.ip:
+        os.environ["LLMBOX_CLUSTER_IP"] = args.ip
+    if args.node_name:
+        os.environ["LLMBOX_NODE_NAME"] = args.node_name
+    if args.command == "join" and args.name == "admin":
+        parser.error("join: give the head's address, as ./start.sh token-for-worker prints it")
     settings = get_settings()
     try:
         if args.command == "start":
@@ -244,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
             return new_token(settings, args.name, args.scope or "admin")
         elif args.command == "key":
             return new_key(settings, args.name, args.scope or "inference", args.models)
+        elif args.command == "token-for-worker":
+            return token_for_worker(settings)
+        elif args.command == "join":
+            return join(settings, args.name)
+        elif args.command == "leave":
+            return leave(settings)
         else:
             return status(settings)
     except ConfigError as exc:

@@ -1,11 +1,16 @@
-"""The Ray head of this box: started on loopback, found, stopped by PID (ours only), and joined as a driver.
+"""This box's Ray node: the head (or a worker that joined one), started, found, stopped by PID (ours
+only), and joined as a driver.
 
 The one module every process uses to reach Ray (the box CLI, the management API, deploy, tests and
 benchmarks), so none of them imports the serving plane just to connect.
 
-Ray runs single-node here. ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` puts Ray in its single-node
-mode on Linux too, which makes it keep 127.0.0.1 as the node address (with the default,
-``ray start --node-ip-address=127.0.0.1`` is rewritten to the host's routable address).
+A single box runs Ray single-node: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` puts Ray in its
+single-node mode on Linux too, which makes it keep 127.0.0.1 as the node address and its ports on
+loopback (with the default, ``ray start --node-ip-address=127.0.0.1`` is rewritten to the host's
+routable address). With ``LLMBOX_CLUSTER_IP`` the head runs multi-node on that address and worker
+nodes may join it (``./start.sh join``); Ray then listens on every interface (its gRPC servers
+bind 0.0.0.0 in that mode), behind the cluster's token: firewall its ports to the cluster network.
+Every node declares itself with ``llmbox_node_<name>`` (app/cluster/nodes.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from app.cluster.nodes import node_resources
 from app.engines.llm_config import gpu_resource
 from app.gpu import nvml
 from app.gpu.footprint import GIB
@@ -65,9 +71,31 @@ def make_temp_dir(settings: Settings) -> Path:
     return path
 
 
+def multi_node(settings: Settings) -> bool:
+    """This node is part of a cluster that may have more than one node (a head on the cluster
+    network, or a worker that joined one)."""
+    return settings.cluster_ip is not None
+
+
+def node_ip(settings: Settings) -> str:
+    return settings.cluster_ip or "127.0.0.1"
+
+
+def head_file(settings: Settings) -> Path:
+    """On a worker: the address of the head it joined (written by ``./start.sh join``)."""
+    return settings.state_dir / "cluster-head"
+
+
+def joined_head(settings: Settings) -> str | None:
+    try:
+        return head_file(settings).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
 def address(settings: Settings) -> str:
-    """The GCS address drivers connect to."""
-    return f"127.0.0.1:{settings.ray_port}"
+    """The GCS address drivers connect to: the head's (on a worker, the one it joined)."""
+    return joined_head(settings) or f"{node_ip(settings)}:{settings.ray_port}"
 
 
 def auth_token_path(settings: Settings) -> Path:
@@ -79,8 +107,9 @@ def ray_variables(settings: Settings) -> dict[str, str]:
     """The variables every process of this box's Ray cluster, drivers included, must have."""
     token = auth_token_path(settings)
     shared_secret.ensure(token)
-    return {
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # single-node mode: the node address stays 127.0.0.1
+    variables = {
+        # single-node mode unless clustered: the node address stays 127.0.0.1, Ray's ports on loopback
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1" if multi_node(settings) else "0",
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ADDRESS": address(settings),
         # Token auth with our own token file, rather than whatever ~/.ray/auth_token holds.
@@ -93,6 +122,12 @@ def ray_variables(settings: Settings) -> dict[str, str]:
         # how stop() finds exactly our processes: not all of them name the temp dir.
         _MARK: str(temp_dir(settings)),
     }
+    if multi_node(settings):
+        # The head's GCS marks a node dead after this many missed 1 s health checks (Ray's default:
+        # 5 x 3 s), and the manager then unloads its models (app/lifecycle/nodes.py).
+        variables.update({"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                          "RAY_health_check_failure_threshold": str(settings.node_timeout_s)})
+    return variables
 
 
 def environment(settings: Settings) -> dict[str, str]:
@@ -121,7 +156,22 @@ def pids(settings: Settings) -> list[int]:
 
 def is_running(settings: Settings) -> bool:
     """True when this box's Ray head (its GCS server) is alive."""
-    return any(p.name() == "gcs_server" for p in _ours(settings))
+    return _running(settings, "gcs_server")
+
+
+def is_joined(settings: Settings) -> bool:
+    """True when this machine runs a worker node of this state dir (its raylet, and no head)."""
+    return _running(settings, "raylet") and not is_running(settings)
+
+
+def _running(settings: Settings, name: str) -> bool:
+    for proc in _ours(settings):
+        try:
+            if proc.name() == name:
+                return True
+        except psutil.Error:
+            continue
+    return False
 
 
 def gpu_resources(settings: Settings) -> dict[str, float]:
@@ -135,23 +185,25 @@ def gpu_resources(settings: Settings) -> dict[str, float]:
     return {gpu_resource(index): math.floor(total / GIB * 100) / 100 for index, _, total, _ in nvml.devices()}
 
 
-def command(settings: Settings, block: bool = False) -> list[str]:
-    """The `ray start --head` command line of this box (``block``: stay in the foreground, for systemd)."""
+def command(settings: Settings, block: bool = False, join: str | None = None) -> list[str]:
+    """The `ray start --head` command line of this box (``block``: stay in the foreground, for
+    systemd), or with ``join`` (the head's address) that of a worker node joining it."""
     ray = Path(sys.executable).with_name("ray")
-    cmd = [
-        str(ray), "start", "--head",
-        "--node-ip-address=127.0.0.1",
-        f"--port={settings.ray_port}",
-        "--dashboard-host=127.0.0.1",
-        f"--dashboard-port={settings.ray_dashboard_port}",
-        f"--temp-dir={temp_dir(settings)}",
-        "--disable-usage-stats",
-    ]
+    cmd = [str(ray), "start"]
+    if join is None:
+        cmd += ["--head", f"--port={settings.ray_port}", "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={settings.ray_dashboard_port}"]
+    else:
+        cmd += [f"--address={join}"]
+    cmd += [f"--node-ip-address={node_ip(settings)}", f"--temp-dir={temp_dir(settings)}", "--disable-usage-stats"]
     if settings.ray_num_cpus:
         cmd.append(f"--num-cpus={settings.ray_num_cpus}")
     gpus = gpu_resources(settings)
+    budget = settings.cpu_memory_budget_gb if not gpus else None
+    resources = {**gpus, **node_resources(settings.node_name, budget)}
     if gpus:
-        cmd += [f"--num-gpus={len(gpus)}", f"--resources={json.dumps(gpus, sort_keys=True)}"]
+        cmd.append(f"--num-gpus={len(gpus)}")
+    cmd.append(f"--resources={json.dumps(resources, sort_keys=True)}")
     if block:
         cmd.append("--block")
     return cmd
@@ -161,12 +213,35 @@ def start(settings: Settings) -> bool:
     """Start the head unless it runs; returns True if it was started now."""
     if is_running(settings):
         return False
+    if is_joined(settings):
+        raise RuntimeError(f"this machine runs a worker node of the cluster at {joined_head(settings)}: "
+                           "run ./start.sh leave first")
     make_temp_dir(settings)
-    cmd = command(settings)
+    _ray_start(settings, command(settings))
+    return True
+
+
+def join(settings: Settings, head: str) -> bool:
+    """Start a worker node that joins the head at ``head`` (host:port) unless one runs; True if started now.
+
+    The cluster's token must be in this node's token file already (./start.sh join writes it)."""
+    if is_joined(settings):
+        return False
+    if is_running(settings):
+        raise RuntimeError("this machine runs the head of a box with this state dir: a node is either one")
+    if not multi_node(settings):
+        raise RuntimeError("a worker needs LLMBOX_CLUSTER_IP: this node's address on the cluster network "
+                           "(or ./start.sh join HEAD --ip ADDRESS)")
+    make_temp_dir(settings)
+    head_file(settings).write_text(head + "\n")
+    _ray_start(settings, command(settings, join=head))
+    return True
+
+
+def _ray_start(settings: Settings, cmd: list[str]) -> None:
     result = subprocess.run(cmd, env=environment(settings), capture_output=True, text=True, timeout=180)
     if result.returncode != 0:
         raise RuntimeError(f"ray start failed ({result.returncode}):\n{result.stderr.strip() or result.stdout.strip()}")
-    return True
 
 
 def stop(settings: Settings, grace_s: float = 10.0) -> list[int]:
@@ -209,20 +284,32 @@ def connect(settings: Settings) -> None:
     from ray._private import ray_constants
     from ray._raylet import AuthenticationTokenLoader, Config
 
-    ray_constants.ENABLE_RAY_CLUSTER = False
+    ray_constants.ENABLE_RAY_CLUSTER = multi_node(settings)
     Config.initialize("")
     AuthenticationTokenLoader.instance().reset_cache()
     ray.init(address=address(settings), namespace=NAMESPACE, log_to_driver=False, logging_level="WARNING")
 
 
-def main() -> None:
-    """``python -m app.ray_head``: run the head in the foreground (a systemd service)."""
+def main(argv: list[str] | None = None) -> None:
+    """``python -m app.ray_head [--join HEAD:PORT]``: run the head (or a worker node joining the
+    head) in the foreground (a systemd service)."""
+    import argparse
+
     from app.settings import get_settings
 
+    parser = argparse.ArgumentParser(prog="python -m app.ray_head")
+    parser.add_argument("--join", metavar="HEAD:PORT", help="run a worker node that joins this head")
+    args = parser.parse_args(argv)
     settings = get_settings()
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     make_temp_dir(settings)
-    cmd = command(settings, block=True)
+    if args.join:
+        if not multi_node(settings):
+            parser.error("a worker node needs LLMBOX_CLUSTER_IP (this node's address on the cluster network)")
+        if not auth_token_path(settings).exists():
+            parser.error(f"{auth_token_path(settings)} is missing: copy the head's Ray token there (0600)")
+        head_file(settings).write_text(args.join + "\n")
+    cmd = command(settings, block=True, join=args.join)
     os.execve(cmd[0], cmd, environment(settings))
 
 

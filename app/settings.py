@@ -7,6 +7,8 @@ Every path and port is settable. Relative paths are taken relative to the checko
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -46,6 +48,20 @@ class Settings(BaseSettings):
     ray_port: int = Field(6379, ge=1, le=65535, description="Ray head (GCS) port.")
     ray_dashboard_port: int = Field(8265, ge=1, le=65535, description="Ray dashboard, always on loopback.")
     ray_num_cpus: int | None = Field(None, ge=1, description="CPUs Ray may schedule on (default: all).")
+    cluster_ip: str | None = Field(
+        None, description="This node's address on the cluster network. On the head: Ray listens there and worker "
+        "nodes may join (./start.sh token-for-worker); unset, the head runs single-node on 127.0.0.1. On a worker "
+        "(./start.sh join): required, the address the head reaches it at."
+    )
+    node_name: str = Field(
+        default_factory=lambda: _default_node_name(), pattern=r"^[A-Za-z0-9._-]{1,63}$",
+        description="This node's name in the cluster (registry entries pin models with nodes: [name]); default: "
+        "the host name.",
+    )
+    node_timeout_s: int = Field(
+        3, ge=2, le=60, description="A node that misses heartbeats this long is lost (its models unloaded): "
+        "Ray's health check on the head, checked each second."
+    )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Host names the servers answer besides IP addresses, localhost, LLMBOX_HOST and this machine's "
@@ -111,6 +127,21 @@ class Settings(BaseSettings):
         "paths; symlinks are resolved before the check). Default: only models_dir.",
     )
 
+    @field_validator("cluster_ip")
+    @classmethod
+    def _an_address(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"LLMBOX_CLUSTER_IP: {value!r} is not an IP address (give this node's address on "
+                             "the cluster network)") from None
+        if value == "127.0.0.1":  # Ray rewrites it to the host's routable address in multi-node mode
+            raise ValueError("LLMBOX_CLUSTER_IP: 127.0.0.1 is the single-node default; unset it, or give the "
+                             "address on the cluster network (another 127.x address works on one machine)")
+        return value
+
     @field_validator("api_keys", "allowed_hosts", "model_roots", mode="before")
     @classmethod
     def _split_lists(cls, value: object) -> object:
@@ -170,13 +201,20 @@ class Settings(BaseSettings):
             )
 
 
+def _default_node_name() -> str:
+    """The host name, cut to what a node name may hold."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname())[:63]
+    return name or "node"
+
+
 # The secrets a box process may find in its environment, and the processes that use each: the :8000
 # keys only the driver that deploys the router (it hands the router their hashes), the Hugging Face
 # token only the management API (hub calls). Everything else (Ray and its engines, the UI, the
 # download child) is started without them: see without_secrets.
 API_KEY_VARIABLES = ("LLMBOX_API_KEYS",)
 HF_TOKEN_VARIABLES = ("LLMBOX_HF_TOKEN", "HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
-SECRET_VARIABLES = API_KEY_VARIABLES + HF_TOKEN_VARIABLES
+JOIN_TOKEN_VARIABLES = ("LLMBOX_JOIN_TOKEN",)  # ./start.sh join only: written to the Ray token file at once
+SECRET_VARIABLES = API_KEY_VARIABLES + HF_TOKEN_VARIABLES + JOIN_TOKEN_VARIABLES
 
 
 def without_secrets(env: Mapping[str, str], keep: tuple[str, ...] = ()) -> dict[str, str]:

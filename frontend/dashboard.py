@@ -1,6 +1,7 @@
 """Dashboard: every model's state, memory, last use and requests in flight; GPU memory (or the
-CPU budget); Ray Serve's health. The live part refreshes itself (static/app.js); load / unload
-now and redeploy are here too, as every page with a model on it posts to them."""
+CPU budget); Ray Serve's health; the box's nodes with what is booked on each of their devices.
+The live part refreshes itself (static/app.js); load / unload now and redeploy are here too, as
+every page with a model on it posts to them."""
 
 from __future__ import annotations
 
@@ -10,6 +11,14 @@ from frontend.api_client import ApiError, seg
 from frontend.auth import safe_next
 
 bp = Blueprint("dashboard", __name__)
+NODE_BADGES = {"alive": "ok", "leaving": "warn", "lost": "bad"}
+
+
+def _node(node: dict) -> dict:
+    """The node with its ``state``: lost (Ray marked it dead), leaving (``./start.sh leave`` on it) or
+    alive, and that state's ``badge`` class."""
+    state = "lost" if not node["alive"] else "leaving" if node["leaving"] else "alive"
+    return {**node, "state": state, "badge": NODE_BADGES[state]}
 
 
 def _try(path: str) -> tuple[dict | None, str | None]:
@@ -30,8 +39,9 @@ def overview() -> dict:
     if cluster:
         healthy = (all(s == "HEALTHY" for s in cluster.get("proxies", {}).values())
                    and all(a["status"] == "RUNNING" for a in cluster.get("applications", {}).values()))
+    nodes = [_node(n) for n in (cluster or {}).get("nodes", [])]
     return {"models": models, "models_error": models_error, "gpu": gpu, "gpu_error": gpu_error,
-            "cluster": cluster, "cluster_error": cluster_error, "healthy": healthy}
+            "cluster": cluster, "cluster_error": cluster_error, "healthy": healthy, "nodes": nodes}
 
 
 @bp.get("/")

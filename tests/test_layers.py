@@ -14,7 +14,7 @@ LAYERS = [
     {"app.settings", "app.openai_errors", "app.events", "app.credentials", "app.web"},
     {"app.registry"},
     {"app.gpu", "app.hub"},
-    {"app.engines", "app.ray_head"},
+    {"app.engines", "app.ray_head", "app.cluster"},
     {"app.lifecycle"},
     {"app.serving"},
     {"app.api", "app.services", "app.devtools"},

@@ -129,3 +129,24 @@ def running(settings: Settings) -> Iterator[Settings]:
     finally:
         ray.shutdown()
         ray_head.stop(settings)
+
+
+def worker_of(head: Settings, base: Path, name: str, ip: str, **overrides) -> Settings:
+    """Settings for a worker node of ``head`` on this machine: its own state dir (Ray temp dir, token
+    copy) under ``base``, the head's models folder (the shared folder a real cluster mounts)."""
+    return Settings(state_dir=base / "var", models_dir=head.models_dir, registry_path=head.registry_path,
+                    ray_port=head.ray_port, cluster_ip=ip, node_name=name, **overrides)
+
+
+@contextmanager
+def joined(head: Settings, worker: Settings) -> Iterator[Settings]:
+    """Run ``worker`` as a Ray worker node of the running ``head`` for the duration of the block."""
+    from app import ray_head
+    from app.web import shared_secret
+
+    shared_secret.write(ray_head.auth_token_path(worker), shared_secret.read(ray_head.auth_token_path(head)))
+    ray_head.join(worker, ray_head.address(head))
+    try:
+        yield worker
+    finally:
+        ray_head.stop(worker)

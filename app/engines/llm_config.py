@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from app.cluster.nodes import NODE_SHARE, node_resource
 from app.engines import host_rules
 from app.engines.sources import resolve
 from app.registry.schema import ModelEntry
@@ -49,14 +50,15 @@ class Placement:
     per_device_gb: float  # booked on each of them
     utilisation: float | None = None  # gpu_memory_utilization told to vLLM (GPU hosts)
     kv_cache_bytes: int | None = None  # kv_cache_memory_bytes per GPU told to vLLM (None: vLLM sizes it)
+    node: str = ""  # the node (app/cluster/nodes.py): its bundle is pinned there; "": wherever Ray likes
 
     @classmethod
     def on_gpus(cls, gpus: list[int], per_device_gb: float, smallest_total_gb: float,
-                kv_cache_bytes: int | None) -> Placement:
+                kv_cache_bytes: int | None, node: str = "") -> Placement:
         """A GPU placement: the utilisation vLLM is told is the budget over the GPU's total,
         rounded up to vLLM's precision (4 decimals) so the engine never gets less than booked."""
         utilisation = min(1.0, math.ceil(per_device_gb / smallest_total_gb * 10_000) / 10_000)
-        return cls(tuple(gpus), per_device_gb, utilisation, kv_cache_bytes)
+        return cls(tuple(gpus), per_device_gb, utilisation, kv_cache_bytes, node)
 
 
 def gpu_resource(index: int) -> str:
@@ -73,7 +75,6 @@ class EngineHost:
     models_dir: Path | None = None  # where Hugging Face downloads live (app/hub/paths.py)
     model_roots: tuple[Path, ...] = ()  # further folders absolute sources may be in (LLMBOX_MODEL_ROOTS)
     allow_remote_code: bool = False  # LLMBOX_ALLOW_REMOTE_CODE (app/engines/host_rules.py)
-    replica_secret: Path | None = None  # the file of the secret only the router sends (model_server.py)
 
 
 def app_name(model_id: str) -> str:
@@ -125,6 +126,8 @@ def llm_config_dict(entry: ModelEntry, host: EngineHost, placement: Placement | 
     # models are resident (the manager's ledger), so the share is small: 0.5 let a 2-core host
     # hold only four models, and a fifth sat pending in Ray with room in the ledger.
     bundle: dict[str, float] = {"CPU": CPU_SHARE}
+    if placement is not None and placement.node:  # on the node admission chose (its GPUs are that node's)
+        bundle[node_resource(placement.node)] = NODE_SHARE
     env = {
         "VLLM_CACHE_ROOT": str(host.cache_dir),
         "VLLM_NO_USAGE_STATS": "1",
@@ -139,8 +142,6 @@ def llm_config_dict(entry: ModelEntry, host: EngineHost, placement: Placement | 
             bundle[gpu_resource(index)] = math.ceil(placement.per_device_gb * 100) / 100
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in placement.gpus)
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # CUDA's numbering = NVML's (CUDA's default is fastest first)
-    if host.replica_secret is not None:  # the path, not the secret: the config is logged and compared
-        env["LLMBOX_REPLICA_SECRET_FILE"] = str(host.replica_secret)
     env.update(entry.engine.env)  # the schema refused any variable set here or outside the allow-list
     bundles = [bundle]
     # Weights are always a local folder (a revision is chosen by the download), so the engine

@@ -16,7 +16,6 @@ Prometheus text of this replica (running and waiting requests, for tests and ope
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 from typing import Any
 
@@ -28,10 +27,14 @@ from app.web import shared_secret
 from app.web.listener import listen
 
 ENGINE_PREFIX = "VLLM"  # vLLM titles its processes VLLM::EngineCore, VLLM::Worker_TP0, ...
-SECRET_FILE_VARIABLE = "LLMBOX_REPLICA_SECRET_FILE"  # set in the replica's runtime_env (llm_config.py)
-# Where the native app listens: the router runs on this node (one box). Worker nodes will listen on
-# the cluster's interface, still behind the secret.
-REPLICA_HOST = "127.0.0.1"
+
+
+def node_address() -> str:
+    """Where this replica listens: its node's address in the cluster (127.0.0.1 on a single box),
+    the one the router on the head reaches it at; behind the secret either way."""
+    import ray
+
+    return ray.util.get_node_ip_address()
 
 
 class ModelServer(LLMServer):
@@ -44,19 +47,15 @@ class ModelServer(LLMServer):
             self._starting = asyncio.Lock()
         async with self._starting:
             if self._native is None:
-                path = os.environ.get(SECRET_FILE_VARIABLE)
-                if not path:
-                    raise RuntimeError(f"{SECRET_FILE_VARIABLE} is not set: the replica would serve without "
-                                       "the router's secret")
-                app = shared_secret.RequireSecret(await self.__serve_build_asgi_app__(), shared_secret.read(path))
+                app = shared_secret.RequireSecret(await self.__serve_build_asgi_app__(), shared_secret.replica_secret())
                 # The router keeps its connections (app/serving/proxy.py IDLE_S): keep them longer.
-                self._native = await listen(app, REPLICA_HOST, 0, keep_alive_s=120.0)
-        return {"host": REPLICA_HOST, "port": self._native.port}
+                self._native = await listen(app, node_address(), 0, keep_alive_s=120.0)
+        return {"host": self._native.host, "port": self._native.port}
 
     async def check_health(self) -> None:
         """Serve's health check: the engine, and (once started) the HTTP server requests come through."""
         if self._native is not None and self._native.serving.done():
-            raise RuntimeError(f"the replica's HTTP server on {REPLICA_HOST}:{self._native.port} has stopped")
+            raise RuntimeError(f"the replica's HTTP server on {self._native.host}:{self._native.port} has stopped")
         await super().check_health()
 
     def __del__(self) -> None:

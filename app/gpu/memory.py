@@ -26,13 +26,14 @@ class Device:
     name: str
     total_gb: float
     free_gb: float  # what the device has free now (NVML); a CPU budget: all of it (the ledger books the rest)
+    node: str = ""  # the node it is on (app/cluster/nodes.py); "" for a probe of this machine alone
 
 
 class MemoryProbe(Protocol):
     kind: Literal["cpu", "gpu"]
 
     def devices(self) -> list[Device]: ...
-    def process_gb(self, pids: list[int]) -> float | None: ...
+    def process_gb(self, pids: list[int], node: str = "") -> float | None: ...
 
 
 def tree_pss_gb(pids: list[int]) -> float:
@@ -67,7 +68,7 @@ class CpuBudget:
     def devices(self) -> list[Device]:
         return [Device(0, "cpu", self.budget_gb, self.budget_gb)]
 
-    def process_gb(self, pids: list[int]) -> float | None:
+    def process_gb(self, pids: list[int], node: str = "") -> float | None:
         return tree_pss_gb(pids)
 
 
@@ -87,7 +88,7 @@ class NvmlMemory:
     def devices(self) -> list[Device]:
         return [Device(index, name, total / GIB, free / GIB) for index, name, total, free in read_devices(self._nvml)]
 
-    def process_gb(self, pids: list[int]) -> float | None:
+    def process_gb(self, pids: list[int], node: str = "") -> float | None:
         """GPU memory of these processes and their children, or None when NVML cannot tell.
 
         Optional: inside a container NVML reports host PIDs (or none), on a MIG parent the query

@@ -6,6 +6,7 @@ applications and the registry, app/lifecycle/manager.py ``start``), so nobody ha
 
 from __future__ import annotations
 
+from app.cluster.nodes import HEAD_RESOURCE, NODE_SHARE
 from app.lifecycle.manager import ModelManager
 from app.lifecycle.runtime import ManagerConfig
 from app.ray_head import NAMESPACE
@@ -17,7 +18,10 @@ class ManagerActor(ModelManager):
     def __init__(self, config: ManagerConfig) -> None:
         import ray
 
-        super().__init__(config)
+        from app.cluster.memory import ClusterMemory
+
+        # Every node's memory through its agent (a single box is a cluster of one node).
+        super().__init__(config, memory=ClusterMemory("gpu" if config.device == "gpu" else "cpu"))
         # A call to itself, queued behind __init__: the first thing the (re)started actor does.
         ray.get_runtime_context().current_actor.start.remote()
 
@@ -29,6 +33,7 @@ def spawn(config: ManagerConfig):
     actor = ray.remote(ManagerActor).options(
         name=ACTOR_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, max_concurrency=1000, max_restarts=-1,
+        resources={HEAD_RESOURCE: NODE_SHARE},  # on the head, with the registry and the state dir
     )
     return actor.remote(config)
 

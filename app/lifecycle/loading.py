@@ -149,7 +149,7 @@ class Loading:
         skipped: set[str] = set()
         read = False
         while True:
-            devices = await asyncio.to_thread(self.memory.devices)
+            devices = [d for d in await asyncio.to_thread(self.memory.devices) if d.node not in self.leaving]
             now = self.clock()
             plan = admission.plan(self.models.values(), rt, devices, now, frozenset(skipped))
             if plan.gpus is not None:
@@ -157,7 +157,7 @@ class Loading:
                     return None
                 # Booked at once, with no await between the plan and the booking: a concurrent
                 # load plans against this booking, not against the same free memory.
-                rt.placement, rt.admitted = self._place(rt, plan.gpus, devices), True
+                rt.placement, rt.admitted = self._place(rt, plan, devices), True
                 return None
             if plan.never or now > deadline:
                 return plan.never or admission.refusal(rt, devices, self.models.values())
@@ -175,22 +175,23 @@ class Loading:
             else:
                 await asyncio.sleep(self.config.drain_poll_s)  # the memory is being loaded or drained by others
 
-    def _place(self, rt: Runtime, gpus: list[int], devices: list[Device]) -> Placement:
+    def _place(self, rt: Runtime, plan: admission.Plan, devices: list[Device]) -> Placement:
         """What ``rt`` books on its devices and what its engine is told (see llm_config.py)."""
-        chosen = [d for d in devices if d.index in gpus]
+        chosen = [d for d in devices if d.node == plan.node and d.index in plan.gpus]
         smallest = min(chosen, key=lambda d: d.total_gb)
         need = admission.need_gb(rt, smallest)
         if self.memory.kind != "gpu":
-            return Placement(tuple(gpus), need)
+            return Placement(tuple(plan.gpus), need, node=plan.node)
         declared = rt.entry.memory_gb or rt.entry.engine.gpu_memory_utilization
         kv = rt.budget.kv_per_device if rt.budget is not None and not declared else None
-        return Placement.on_gpus(gpus, need, smallest.total_gb, kv)
+        return Placement.on_gpus(plan.gpus, need, smallest.total_gb, kv, plan.node)
 
     def _used_gb(self, placement: Placement) -> dict[int, float] | None:
         """What its GPUs hold now (NVML), to attribute the difference after its load."""
         if self.memory.kind != "gpu":
             return None
-        return {d.index: d.total_gb - d.free_gb for d in self.memory.devices() if d.index in placement.gpus}
+        return {d.index: d.total_gb - d.free_gb for d in self.memory.devices()
+                if d.node == placement.node and d.index in placement.gpus}
 
     def _measure(self, rt: Runtime, before: dict[int, float] | None, started: float) -> float | None:
         """What the loaded model takes, or None (not measured: its budget stays what counts).
@@ -199,10 +200,11 @@ class Loading:
         deploy (NVML's per-process figures name host PIDs inside a container, need privileges on
         MIG, and miss TP workers), unless another model loaded or unloaded on them meanwhile."""
         if before is None:
-            measured = self.memory.process_gb(rt.pids) if rt.pids else None
+            measured = self.memory.process_gb(rt.pids, rt.placement.node) if rt.pids else None
             return round(measured, 3) if measured else None
         overlapping = [r for r in self.models.values() if r is not rt and r.placement is not None
-                       and set(r.placement.gpus) & set(before) and (r.since >= started or r.state in admission.COMING)]
+                       and r.placement.node == rt.placement.node and set(r.placement.gpus) & set(before)
+                       and (r.since >= started or r.state in admission.COMING)]
         if overlapping:
             log.info("not measuring %s: %s changed on its GPUs during its load", rt.entry.id,
                      ", ".join(r.entry.id for r in overlapping))

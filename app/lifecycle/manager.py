@@ -35,6 +35,7 @@ from app.lifecycle import admission, loops, watchdog, weights
 from app.lifecycle.counters import Counters
 from app.lifecycle.loading import Loading
 from app.lifecycle.measurements import Measurements
+from app.lifecycle.nodes import Nodes
 from app.lifecycle.routers import RouterLink
 from app.lifecycle.runtime import DIRECT, ManagerConfig, ModelView, Process, Runtime
 from app.lifecycle.states import Outcome, State, check
@@ -53,7 +54,7 @@ def _serve_apps():
     return serve_apps
 
 
-class ModelManager(Loading, Unloading, Watching):
+class ModelManager(Loading, Unloading, Watching, Nodes):
     """Run as a Ray actor (app/lifecycle/actor.py); every public method is called through its handle."""
 
     def __init__(self, config: ManagerConfig, apps=None, clock: Callable[[], float] = time.time,
@@ -66,8 +67,7 @@ class ModelManager(Loading, Unloading, Watching):
         self.store = RegistryStore(config.registry_path)
         self.host = EngineHost(device=config.device, cache_dir=Path(config.cache_dir),
                                models_dir=Path(config.models_dir), model_roots=tuple(map(Path, config.model_roots)),
-                               allow_remote_code=config.allow_remote_code,
-                               replica_secret=Path(config.replica_secret_path) if config.replica_secret_path else None)
+                               allow_remote_code=config.allow_remote_code)
         self.events = EventLog(Path(config.state_dir) / "events.jsonl")
         self.measurements = Measurements(config.state_dir)
         self.memory = memory or (NvmlMemory() if config.device == "gpu" else CpuBudget(config.cpu_memory_budget_gb))
@@ -84,6 +84,8 @@ class ModelManager(Loading, Unloading, Watching):
         self._starting: asyncio.Future | None = None  # recovery, then the loops: once per actor
         self._publishing = False  # a push of the views to the routers is due
         self._push: asyncio.Task | None = None  # the last push
+        self._node_ids: dict[str, str] = {}  # node name -> the Ray id it had when last seen alive
+        self.leaving: set[str] = set()  # nodes leaving the cluster: nothing new is placed there
 
     # --- start-up, recovery and the registry --------------------------------------------
     async def start(self) -> dict[str, Any]:
@@ -333,12 +335,7 @@ class ModelManager(Loading, Unloading, Watching):
                 self._check_weights(rt)  # progress, or the download has completed
         devices = await asyncio.to_thread(self.memory.devices)
         models = list(self.models.values())
-        ledger = [{"index": d.index, "name": d.name, "total_gb": round(d.total_gb, 2), "free_gb": round(d.free_gb, 2),
-                   "booked_gb": round(admission.booked_gb(models, d.index), 2),
-                   "room_gb": round(max(admission.room_gb(d, models), 0.0), 2),
-                   "models": [{"id": r.entry.id, "state": r.state.value, "budget_gb": round(r.placement.per_device_gb, 2)}
-                              for r in models if admission.booked(r) and admission.on(r, d.index)]}
-                  for d in devices]
+        ledger = [self._ledger_row(d, models) for d in devices]
         return {
             "revision": self.registry_revision,
             "device": self.config.device,

@@ -32,7 +32,6 @@ class ManagerConfig:
     cpu_memory_budget_gb: float | None = None
     model_roots: tuple[str, ...] = ()  # LLMBOX_MODEL_ROOTS: absolute sources may be there besides models_dir
     allow_remote_code: bool = False  # LLMBOX_ALLOW_REMOTE_CODE (app/engines/host_rules.py)
-    replica_secret_path: str | None = None  # the secret model replicas require from the router
     load_timeout_s: float = 600.0
     reaper_interval_s: float = 0.5  # an idle model goes at most this late (plus its unload)
     watch_interval_s: float = 1.0  # how often READY models' replicas and engine processes are checked
@@ -70,6 +69,7 @@ class ModelView(TypedDict, total=False):
     memory_gb: float | None
     memory_measured: bool
     gpus: list[int]  # the devices it is placed on (GPU indices as NVML numbers them) while booked
+    node: str  # the node those devices are on ("" on a single-box probe)
     budget_gb: float | None  # what it is given on each of them (booked), else what it would need
     budget: dict[str, Any] | None  # the estimate from its files (footprint.Budget.as_gb)
     embed_prefixes: dict[str, str]  # embedding models with task prefixes: what the router adds
@@ -166,6 +166,7 @@ class Runtime:
             memory_measured=self.memory_gb is not None, last_load_s=self.last_load_s,
             last_error=self.last_error, pids=self.pids if self.state == State.READY else [],
             gpus=list(self.placement.gpus) if self.placement else [],
+            node=self.placement.node if self.placement else "",
             budget_gb=round(self.placement.per_device_gb, 3) if self.placement else None,
             budget=self.budget.as_gb() if self.budget else None,
         )

@@ -23,7 +23,8 @@ TRANSITIONS: dict[State, frozenset[State]] = {
     State.UNLOADED: frozenset({State.LOADING}),
     # UNLOADED: refused for memory, or abandoned (unloaded, removed or unserved while loading)
     State.LOADING: frozenset({State.READY, State.FAILED, State.UNLOADED}),
-    State.READY: frozenset({State.UNLOADING, State.RESTARTING}),
+    # UNLOADED: its node was lost (the engine went with it: nothing to unload)
+    State.READY: frozenset({State.UNLOADING, State.RESTARTING, State.UNLOADED}),
     # the reload after a crash ends like a load; FAILED also after too many crashes
     State.RESTARTING: frozenset({State.READY, State.FAILED, State.UNLOADED}),
     State.UNLOADING: frozenset({State.UNLOADED}),

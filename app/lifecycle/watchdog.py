@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import psutil
-
+from app.cluster.agent import process_alive
 from app.engines.engine_logs import last_error_line
 from app.engines.llm_config import app_name
 from app.engines.serve_apps import AppInfo, last_line
@@ -50,12 +49,8 @@ def find_crash(rt: Runtime, app: AppInfo | None, alive: Callable[[Process], bool
 
 
 def alive(proc: Process) -> bool:
-    """The process runs (and is the one recorded: a reused pid has another start time)."""
-    try:
-        found = psutil.Process(proc.pid)
-        return abs(found.create_time() - proc.create_time) < 1.0 and found.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    """The process runs on this machine (and is the one recorded: a reused pid has another start time)."""
+    return process_alive(proc.pid, proc.create_time)
 
 
 class Watching:
@@ -66,16 +61,35 @@ class Watching:
         await self._watch_models(list(self.models.values()), prune_routers=True)
 
     async def _watch_models(self, models: list[Runtime], prune_routers: bool = False) -> None:
+        await self.check_nodes()  # a model whose node is gone is unloaded, not restarted where it was
         taken, mark = self.clock(), self._next_ticket
         snapshot = await asyncio.to_thread(self.apps.snapshot)
         if prune_routers:
             self.routers.forget_dead(self.models.values(), self.routers.discover(snapshot), mark)
-        for rt in models:
-            if rt.state != State.READY or rt.lock.locked() or rt.since > taken:
+        watched = [rt for rt in models if rt.state == State.READY and not rt.lock.locked() and rt.since <= taken]
+        alive = await asyncio.to_thread(self._liveness, watched)
+        for rt in watched:
+            if rt.state != State.READY or rt.lock.locked():
                 continue  # a load or unload in progress owns it; or it became ready after the snapshot
-            crash = find_crash(rt, snapshot.get(app_name(rt.entry.id)), self.alive)
+            crash = find_crash(rt, snapshot.get(app_name(rt.entry.id)), alive)
             if crash is not None:
                 self._crashed(rt, crash)
+
+    def _liveness(self, models: list[Runtime]) -> Callable[[Process], bool]:
+        """Whether a model's process lives: asked on its node (its agent) in a cluster, else here.
+        A node whose agent cannot answer counts as alive: whether the node is lost, the node check decides."""
+        ask = getattr(self.memory, "alive", None)
+        if ask is None:
+            return self.alive
+        by_node: dict[str, list[Process]] = {}
+        for rt in models:
+            by_node.setdefault(rt.placement.node if rt.placement else "", []).extend(rt.processes)
+        dead: set[Process] = set()
+        for node, procs in by_node.items():
+            answer = ask(node, [(p.pid, p.create_time) for p in procs])
+            if answer is not None:
+                dead.update(p for p, up in zip(procs, answer) if not up)
+        return lambda proc: proc not in dead
 
     def _crashed(self, rt: Runtime, crash: Crash) -> None:
         """A READY model's engine or replica died: RESTARTING at once (so no request is sent to it

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import re
 from pathlib import PurePosixPath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 
 # What clients send as `model`. It also becomes a Serve application name and a file name,
 # so: no slashes, no "..", no spaces or control characters.
@@ -220,6 +220,10 @@ class ModelEntry(_Strict):
     engine: EngineSettings = Field(default_factory=EngineSettings, description="vLLM engine settings.")
     embed_prefixes: EmbedPrefixes | None = Field(
         None, description="Task prefixes the model was trained with (embedding models), added by the router."
+    )
+    nodes: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._-]{1,63}$")]] = Field(
+        default_factory=list, max_length=64,
+        description="Only these cluster nodes (LLMBOX_NODE_NAME of each) may load it; default: any node.",
     )
 
     @field_validator("id")

@@ -17,15 +17,9 @@ from app.lifecycle.runtime import ManagerConfig
 from app.serving import router
 from app.serving.keys import hash_key, inference_keys
 from app.settings import Settings
-from app.web import shared_secret
 from app.web.hosts import allowed_names
 
 ROUTER_APP = "router"
-
-
-def replica_secret_path(settings: Settings):
-    """The secret the router sends and model replicas require (app/web/shared_secret.py)."""
-    return settings.state_dir / "replica-secret"
 
 
 def manager_config(settings: Settings) -> ManagerConfig:
@@ -40,7 +34,6 @@ def manager_config(settings: Settings) -> ManagerConfig:
         cpu_memory_budget_gb=settings.cpu_memory_budget_gb,
         model_roots=tuple(str(r) for r in settings.model_roots),
         allow_remote_code=settings.allow_remote_code,
-        replica_secret_path=str(replica_secret_path(settings)),
         load_timeout_s=settings.load_timeout_s,
     )
 
@@ -53,7 +46,7 @@ def router_config(settings: Settings) -> router.RouterConfig:
         allowed_hosts=allowed_names(settings.host, settings.allowed_hosts), load_wait_s=settings.load_wait_s,
         request_timeout_s=settings.request_timeout_s, max_in_flight=settings.max_concurrent_requests,
         max_n=settings.max_n, max_tokens=settings.max_tokens_limit,
-        replica_secret_path=str(replica_secret_path(settings)),
+        ray_token_path=str(ray_head.auth_token_path(settings)),
     )
 
 
@@ -65,7 +58,6 @@ def check_exposure(settings: Settings) -> None:
 def up(settings: Settings) -> dict:
     """Start Serve, the manager (which loads always-on models) and the router; returns the status."""
     check_exposure(settings)
-    shared_secret.ensure(replica_secret_path(settings))
     ray_head.connect(settings)
     # No Serve proxy (and so no proxy route for the router): the router's replica listens on
     # serve_port itself, one hop less per request.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import deque
 from collections.abc import Iterable
 
@@ -190,6 +191,8 @@ class Upstream:
         self._host_header = f"{host}:{port}".encode()
         self._secret = secret.encode()
         self._idle: deque[Connection] = deque()
+        # Carrying a request now (weak: a relay that closes its connection on an error forgets it here).
+        self._busy: weakref.WeakSet[Connection] = weakref.WeakSet()
 
     def _head(self, method: bytes, path: bytes, headers: Iterable[tuple[bytes, bytes]], length: int) -> bytes:
         lines = [method, b" ", path, b" HTTP/1.1\r\nhost: ", self._host_header, b"\r\ncontent-length: ",
@@ -232,24 +235,31 @@ class Upstream:
                     raise
         return await self._exchange(await self._connect(), head, body)
 
-    @staticmethod
-    async def _exchange(conn: Connection, head: bytes, body: bytes) -> Connection:
+    async def _exchange(self, conn: Connection, head: bytes, body: bytes) -> Connection:
+        self._busy.add(conn)
         conn.send(head, body)
         try:
             await conn.response_head()
         except BaseException:  # cancelled included (deadline, client gone): vLLM sees us leave
+            self._busy.discard(conn)
             conn.close()
             raise
         return conn
 
     def finished(self, conn: Connection) -> None:
         """The request on ``conn`` is over: keep the connection if it can carry another."""
+        self._busy.discard(conn)
         if conn.reusable() and len(self._idle) < MAX_IDLE:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:
             conn.close()
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Close the pooled connections (``abort``: and those carrying a request, whose relays then
+        end with an error: the replica is gone)."""
         while self._idle:
             self._idle.pop().close()
+        for conn in list(self._busy) if abort else ():
+            conn.close()
+        self._busy.clear()

@@ -30,6 +30,7 @@ from fastapi.responses import JSONResponse, Response
 from ray import serve
 from starlette.exceptions import HTTPException
 
+from app.cluster.nodes import HEAD_RESOURCE, NODE_SHARE
 from app.lifecycle import actor
 from app.lifecycle.routers import ROUTER_DEPLOYMENT
 from app.lifecycle.states import Outcome
@@ -59,6 +60,7 @@ MODEL_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v
 # /v1/models answers from the snapshot the manager pushes on every state change while every model is
 # in one of these states (nothing moves without a state change then) and for at most this long.
 SETTLED = frozenset({"ready", "unloaded", "failed"})
+GONE = frozenset({"unloaded", "failed", "restarting"})  # states in which a model's replica no longer serves
 SNAPSHOT_TTL_S = 2.0
 
 
@@ -78,7 +80,7 @@ class RouterConfig:
     max_in_flight: int = 512
     max_n: int = 16
     max_tokens: int = 65536
-    replica_secret_path: str | None = None  # the secret model replicas require (app/web/shared_secret.py)
+    ray_token_path: str | None = None  # the replica secret is derived from it (app/web/shared_secret.py)
 
 
 def _once(action):
@@ -162,8 +164,9 @@ configure(RouterConfig(), api)
 
 
 # Everything the class uses is defined above it: Serve pickles the class when it is decorated.
-@serve.deployment(name=ROUTER_DEPLOYMENT, num_replicas=1, ray_actor_options={"num_cpus": 0},
-                  max_ongoing_requests=1000)
+@serve.deployment(name=ROUTER_DEPLOYMENT, num_replicas=1, max_ongoing_requests=1000,
+                  # On the head: it listens on the head's :8000 (and the manager is there).
+                  ray_actor_options={"num_cpus": 0, "resources": {HEAD_RESOURCE: NODE_SHARE}})
 @serve.ingress(api)
 class Router:
     async def __init__(self, config: RouterConfig) -> None:
@@ -179,7 +182,7 @@ class Router:
 
     def _setup(self, config: RouterConfig) -> None:
         """The state of a router (tests build one without Serve around it)."""
-        self._secret = shared_secret.read(config.replica_secret_path) if config.replica_secret_path else ""
+        self._secret = shared_secret.replica_secret(config.ray_token_path) if config.ray_token_path else ""
         self._waits: dict[str, asyncio.Future] = {}  # the one manager.wait per model that waiters share
         self.leases = Leases()
         self._prefixes: dict[str, dict[str, str] | None] = {}  # embedding task prefixes per model, from its view
@@ -223,7 +226,13 @@ class Router:
         model_id = view["id"]
         self._prefixes[model_id] = view.get("embed_prefixes")
         endpoint = view.get("endpoint")
-        if endpoint:
+        if view.get("state") in GONE and model_id in self._endpoints:
+            # Its replica is gone (its node was lost, its engine crashed, it was unloaded): end the
+            # requests still waiting on it now, with an error, rather than at their deadline.
+            upstream = self._upstreams.pop(self._endpoints.pop(model_id), None)
+            if upstream is not None:
+                upstream.close(abort=True)
+        elif endpoint:
             address, before = (endpoint["host"], endpoint["port"]), self._endpoints.get(model_id)
             if before is not None and before != address and before in self._upstreams:
                 self._upstreams.pop(before).close()  # a new replica (a reload): the old one's port is gone

@@ -73,5 +73,5 @@ async def listen(app, host: str, port: int, max_connections: int | None = None,
             raise RuntimeError(f"the HTTP server on {host}:{port} stopped: {serving.exception()}")
         await asyncio.sleep(0.01)
     server.serving = serving  # keep a reference: the loop holds tasks only weakly
-    server.port = sock.getsockname()[1]  # the one the system chose for port 0
+    server.host, server.port = host, sock.getsockname()[1]  # the one the system chose for port 0
     return server

@@ -20,7 +20,7 @@ def test_a_replica_whose_http_server_stopped_fails_its_health_check(monkeypatch)
         serving = asyncio.get_running_loop().create_future()
         if serving_done:
             serving.set_result(None)
-        replica._native = SimpleNamespace(serving=serving, port=40001, should_exit=False)
+        replica._native = SimpleNamespace(serving=serving, host="127.0.0.1", port=40001, should_exit=False)
         await replica.check_health()
 
     asyncio.run(check(serving_done=False))  # serving: healthy

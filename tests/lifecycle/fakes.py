@@ -170,7 +170,7 @@ def make_manager(tmp_path: Path, entries: str, serve: FakeServe, clock: FakeCloc
                       state_dir=str(tmp_path / "var"), cpu_memory_budget_gb=budget_gb, **settings),
         apps=serve, clock=clock or FakeClock(), alive=dead or Dead(), routers=routers, memory=memory)
     if memory is None:
-        manager.memory.process_gb = lambda pids: 2.0  # what each loaded model measures
+        manager.memory.process_gb = lambda pids, node="": 2.0  # what each loaded model measures
     return manager
 
 

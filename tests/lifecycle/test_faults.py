@@ -202,7 +202,7 @@ def test_a_load_that_could_never_fit_is_refused_at_once(tmp_path):
 
     async def scenario():
         manager = make_manager(tmp_path, entries, serve)
-        manager.memory.process_gb = lambda pids: 0.0  # no measurement: the registry's memory_gb counts
+        manager.memory.process_gb = lambda pids, node="": 0.0  # no measurement: the registry's memory_gb counts
         await manager.start()
         await manager.wait("pinned", 30, 0)
         await manager.acquire("chat")

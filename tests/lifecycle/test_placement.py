@@ -114,7 +114,7 @@ def test_what_could_never_fit_is_refused_at_once_with_the_reason(tmp_path):
     assert {m: a["outcome"] for m, a in answers.items()} == {"huge": "refused", "tp4": "refused"}
     assert ("not enough memory for 'huge': needs 30.0 GB on one GPU; GPU 0: 24.0 GB free of 24.0 GB, "
             "GPU 1: 24.0 GB free of 24.0 GB") in answers["huge"]["model"]["last_error"]
-    assert "'tp4' needs 4 GPUs (tensor_parallel_size 4); this host has 2" in answers["tp4"]["model"]["last_error"]
+    assert "'tp4' needs 4 GPUs (tensor_parallel_size 4) on one node; this host has 2" in answers["tp4"]["model"]["last_error"]
     assert serve.deploys == []  # nothing was left pending in Serve
 
 

@@ -28,7 +28,13 @@ async def _host(nvml, serving, settings) -> tuple[fit.HostMemory, dict[str, floa
     """Free memory of this host's GPUs (or CPU budget), and measured footprints by repo."""
     status = await serving.status_or_none()
     models = status["models"] if status else []
-    gpus = await asyncio.to_thread(gpu_status, nvml, models)
+    rows = status["devices"] if status else []
+    if len({d.get("node", "") for d in rows}) > 1 and status["device"] == "gpu":
+        # A cluster: what fits is judged against every node's GPUs as the manager books them (NVML
+        # here sees this host's only).
+        return fit.HostMemory.gpus([(d["name"], d["room_gb"], d["total_gb"]) for d in rows]), \
+            measured_by_repo(settings, models)
+    gpus = await asyncio.to_thread(gpu_status, nvml, [m for m in models if not m.get("node") or m["node"] == _head(rows)])
     if gpus["gpu"]:
         host = fit.HostMemory.gpus([(d["name"], d["memory"]["free_gb"], d["memory"]["total_gb"])
                                     for d in gpus["devices"]])
@@ -37,6 +43,11 @@ async def _host(nvml, serving, settings) -> tuple[fit.HostMemory, dict[str, floa
         total = memory["total_gb"] if memory else CpuBudget(settings.cpu_memory_budget_gb).budget_gb
         host = fit.HostMemory.cpu(total, memory["free_gb"] if memory else None)
     return host, measured_by_repo(settings, models)
+
+
+def _head(rows: list[dict]) -> str:
+    """The node this API runs on (the head: the first row of the manager's ledger)."""
+    return rows[0].get("node", "") if rows else ""
 
 
 def measured_by_repo(settings, models: list[dict]) -> dict[str, float]:

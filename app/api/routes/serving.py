@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter
 
 from app.api import changes
@@ -57,5 +59,8 @@ async def status(serving: ServingDep) -> dict:
 
 @router.get("/cluster")
 async def cluster(serving: ServingDep) -> dict:
-    """Ray Serve's proxies and applications with their health."""
-    return await serving.call("cluster")
+    """Ray Serve's proxies and applications with their health, and ``nodes``: each node of the box (head
+    first) with its address, whether it is alive or leaving (or why it was lost), its devices with what is
+    booked there and the room left, and its models."""
+    serve, nodes = await asyncio.gather(serving.call("cluster"), serving.call("nodes"))
+    return {**serve, "nodes": nodes}
