@@ -6,8 +6,7 @@
 #   scripts/infra.sh [all|setup|lint|molecule|destroy]     (default: all)
 #
 # Idempotent and quick on re-runs: apt packages, the tool venv (.venv-infra) and community.general
-# are installed only when missing; the container rootfs tarball and the containers' pip cache are kept
-# in artifacts/infra/. Whatever the outcome, the containers, their bridge and NAT are removed on exit.
+# are installed only when missing; the container rootfs tarball is kept in artifacts/infra/. Whatever the outcome, the containers, their bridge and NAT are removed on exit.
 # Environment: LLMBOX_INFRA_VENV (tool venv path), LLMBOX_INFRA_KEEP=1 (keep the container).
 set -euo pipefail
 
