@@ -73,7 +73,8 @@ def expected() -> dict:
     found = ansible_values("localhost", fields)["localhost"]
     shared = {k: found[k] for k in SHARED_VARS if found[k] != "__unset__"}
     values = {k: (defaults.get(k) if v == "__unset__" else v) for k, v in found.items()}
-    values = {k: jinja2.Template(v).render(**shared, **values) if isinstance(v, str) and "{{" in v else v
+    context = {**values, **shared}
+    values = {k: jinja2.Template(v).render(**context) if isinstance(v, str) and "{{" in v else v
               for k, v in values.items()}
     if found["llmbox_app_registry_path"] == "__unset__":  # the role's default, spelled out
         values["llmbox_app_registry_path"] = f"{values['llmbox_app_data_dir']}/registry/models.yml"

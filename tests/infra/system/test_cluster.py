@@ -118,11 +118,18 @@ def test_a_model_pinned_to_the_worker_answers_through_the_head(container, worker
         pytest.skip("the registry pins no served model to the worker")
     key = settings["llmbox_app_api_keys"][0]
     body = {"model": model, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
-    args = ["curl", "-sS", "-m", "300", "-w", "\\n%{http_code}", "-H", f"Authorization: Bearer {key}",
+    args = ["curl", "-sS", "-m", "120", "-w", "\\n%{http_code}", "-H", f"Authorization: Bearer {key}",
             "-H", "Content-Type: application/json", "-d", json.dumps(body),
             f"http://127.0.0.1:{settings['llmbox_app_serve_port']}/v1/chat/completions"]
-    out = container.run(" ".join(shlex.quote(a) for a in args))
-    text, _, status = out.stdout.rpartition("\n")
+    # The first request loads it on the worker (engine start ~40-75 s here): the box answers 503 with
+    # Retry-After while it loads (LLMBOX_LOAD_WAIT_S), so ask again until it answers.
+    deadline, status, text = time.monotonic() + 420, "", ""
+    while time.monotonic() < deadline:
+        out = container.run(" ".join(shlex.quote(a) for a in args))
+        text, _, status = out.stdout.rpartition("\n")
+        if status != "503":
+            break
+        time.sleep(5)
     assert status == "200", (f"chat with {model}: {status} {text}\nthe worker's journal:\n"
                              f"{journal_of(worker, 'ray-worker')}")
     answer = json.loads(text)
