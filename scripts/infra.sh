@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Provisioning checks: yamllint + ansible-lint (production profile), then the Molecule scenario on
-# a real LXC container (create, converge, idempotence, verify, destroy), with timings.
+# two real LXC containers, a head and a Ray worker (create, prepare, check, converge, idempotence,
+# verify, destroy), with timings.
 #
 #   scripts/infra.sh [all|setup|lint|molecule|destroy]     (default: all)
 #
 # Idempotent and quick on re-runs: apt packages, the tool venv (.venv-infra) and community.general
-# are installed only when missing; the container rootfs tarball is kept in artifacts/infra/.
-# Whatever the outcome, the container, its bridge and NAT are removed on exit.
+# are installed only when missing; the container rootfs tarball is kept in artifacts/infra/. Whatever the outcome, the containers, their bridge and NAT are removed on exit.
 # Environment: LLMBOX_INFRA_VENV (tool venv path), LLMBOX_INFRA_KEEP=1 (keep the container).
 set -euo pipefail
 
@@ -99,6 +99,8 @@ run_molecule() {
   step destroy molecule_step destroy
   step syntax molecule_step syntax
   step create molecule_step create       # rootfs tarball (debootstrap) only when missing
+  step prepare molecule_step prepare     # the host play: fresh head and worker containers
+  step check molecule_step check         # a dry run (--check) of the whole converge on them
   step converge molecule_step converge
   step idempotence molecule_step idempotence
   step verify molecule_step verify

@@ -94,9 +94,9 @@ def test_pack_source_ships_no_inventory_vault_password_or_molecule(tmp_path):
 
 
 def environment(name: str, **settings) -> jinja2.Environment:
-    # Ansible resolves an include next to the including template too (the units' _service-common.j2).
+    # Ansible resolves an include in the role's templates folder (the llmbox_app units' _service-common.j2).
     templates = ROLES / name / "templates"
-    loader = jinja2.FileSystemLoader([templates, templates / "etc/systemd/system"])
+    loader = jinja2.FileSystemLoader([templates])
     env = jinja2.Environment(loader=loader, trim_blocks=True,
                              undefined=jinja2.StrictUndefined)
     env.filters["comment"] = lambda text: f"# {text}"
@@ -110,7 +110,9 @@ APP = {"llmbox_app_api_port": 8001, "llmbox_app_ui_port": 8080, "llmbox_app_venv
        "llmbox_app_ray_environment_file": "/etc/llmbox/ray-head.env",
        "llmbox_app_environment_file": "/etc/llmbox/llmbox.env",
        "_llmbox_app_keys_environment_file": "/etc/llmbox/api-keys.env",
-       "_llmbox_app_hub_environment_file": "/etc/llmbox/hub.env"}
+       "_llmbox_app_hub_environment_file": "/etc/llmbox/hub.env",
+       # The units' shared hardening (the llmbox_systemd role, a meta dependency of every unit role).
+       "llmbox_systemd_hardening": load(ROLES / "llmbox_systemd/defaults/main.yml")["llmbox_systemd_hardening"]}
 
 
 def env_files(text: str) -> set[str]:
@@ -153,7 +155,8 @@ def render_lxc(template: str, **settings) -> str:
 
 
 NET = {"lxc_host_bridge": "llmboxbr0", "lxc_host_bridge_address": "10.87.0.1/24", "lxc_host_nat": True,
-       "lxc_host_published_ports": [8000, 8001, 8080, 3000], "lxc_host_container_host_ports": []}
+       "lxc_host_published_ports": [8000, 8001, 8080, 3000], "lxc_host_container_host_ports": [],
+       "lxc_host_cluster_subnets": [], "lxc_host_cluster_ports": ["6379", "10002-19999"]}
 
 
 def test_bridge_filter_lets_only_the_published_ports_in():
@@ -164,6 +167,49 @@ def test_bridge_filter_lets_only_the_published_ports_in():
     assert "tcp dport { 3000, 8000, 8001, 8080 } accept" in chain
     assert chain.strip().endswith("counter drop")
     assert 'iifname "llmboxbr0" jump from_container' in text
+
+
+def test_bridge_filter_opens_no_ray_port_without_cluster_subnets():
+    text = render_lxc("etc/llmbox/lxc-network.nft.j2", **NET)
+    assert "6379" not in text and "10002-19999" not in text
+    assert "ip saddr 10.87.0.0/24 ip daddr != 10.87.0.0/24 masquerade" in text
+
+
+def test_bridge_filter_opens_ray_ports_only_from_the_cluster_subnets():
+    text = render_lxc("etc/llmbox/lxc-network.nft.j2", **{**NET, "lxc_host_cluster_subnets": ["10.87.1.0/24"]})
+    chain = text.split("chain to_container {", 1)[1].split("\n  }", 1)[0]
+    assert "ip saddr { 10.87.1.0/24 } tcp dport { 6379, 10002-19999 } accept" in chain
+    assert [l.strip() for l in chain.splitlines() if l.strip().startswith("tcp dport")] == [
+        "tcp dport { 3000, 8000, 8001, 8080 } accept"], chain  # Ray ports never from anywhere else
+    # Ray nodes see each other's own addresses: no masquerade towards the cluster.
+    assert "ip saddr 10.87.0.0/24 ip daddr != { 10.87.0.0/24, 10.87.1.0/24 } masquerade" in text
+
+
+WORKER = {"ray_worker_user": "llmbox", "ray_worker_group": "llmbox", "ray_worker_app_dir": "/opt/llmbox/app",
+          "ray_worker_venv": "/opt/llmbox/venv", "ray_worker_home": "/var/lib/llmbox",
+          "ray_worker_state_dir": "/var/lib/llmbox/state", "ray_worker_environment_file": "/etc/llmbox/ray-worker.env",
+          "ray_worker_head_address": "10.87.0.10", "ray_worker_head_port": 6379, "ray_worker_writable_paths": [],
+          "llmbox_systemd_hardening": APP["llmbox_systemd_hardening"]}
+
+
+def test_ray_worker_joins_the_head_hardened_and_loads_no_secret():
+    text = environment("ray_worker", **WORKER).get_template("etc/systemd/system/ray-worker.service.j2").render()
+    assert env_files(text) == {"/etc/llmbox/ray-worker.env"}
+    assert "ExecStart=/opt/llmbox/venv/bin/python -m app.ray_head --join 10.87.0.10:6379" in text
+    for line in ("User=llmbox", "NoNewPrivileges=yes", "ProtectSystem=strict", "CapabilityBoundingSet=",
+                 "SystemCallFilter=@system-service", "Restart=on-failure"):
+        assert line in text.splitlines(), line
+
+
+def test_every_unit_has_the_shared_hardening_once():
+    """One owner (llmbox_systemd): no unit template spells a hardening line itself."""
+    lines = APP["llmbox_systemd_hardening"].splitlines()
+    for template in ROLES.glob("*/templates/**/*.service.j2"):
+        text = template.read_text()
+        if "User=" not in text and "_service-common.j2" not in text:
+            continue  # host units (lxc_host) run as root and are not llmbox services
+        assert "{{ llmbox_systemd_hardening }}" in text or "_service-common.j2" in text, template
+        assert not [line for line in lines if line in text.splitlines()], template
 
 
 def test_default_published_ports_are_the_container_roles_ports():

@@ -1,6 +1,6 @@
 """System tests of a provisioned llmbox container: testinfra through lxc-attach.
 
-Molecule's verify step runs them (molecule/default, tool venv). What to expect comes from the same
+molecule/default/verify.yml runs them (plain pytest, tool venv). What to expect comes from the same
 inventory the converge used, read through Ansible itself (role defaults where the inventory is
 silent), so a switch like llmbox_app_ui_enabled decides what is asserted.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -31,29 +32,61 @@ def role_defaults(role: str) -> dict:
     return yaml.safe_load((ROLES / role / "defaults/main.yml").read_text())
 
 
+# The inventory-level variables every role defaults to (inventory/group_vars/all/main.yml).
+SHARED_VARS = ["llmbox_user", "llmbox_group", "llmbox_home", "llmbox_install_dir", "llmbox_venv", "llmbox_state_dir",
+               "llmbox_config_dir", "llmbox_ray_port", "llmbox_data_dir", "llmbox_models_dir"]
+
+
+def ansible_values(pattern: str, expressions: dict[str, str]) -> dict[str, dict]:
+    """{inventory host: {name: value}} of these Jinja expressions, templated by Ansible for each host of the
+    pattern (run on the controller: hostvars name the host)."""
+    msg = "{{ {" + ", ".join(f"'{k}': {v}" for k, v in expressions.items()) + "} | to_json }}"
+    out = run_ansible(["ansible", pattern, "-m", "ansible.builtin.debug", "-a", f"msg={msg}"])
+    assert out.returncode == 0, f"reading the inventory failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    # The ad-hoc (minimal) callback prints "host | SUCCESS => {result as JSON}" per host.
+    return {m[1]: json.loads(json.loads(m[2])["msg"])
+            for m in re.finditer(r"^(\S+) \| SUCCESS => (\{.*?^\})", out.stdout, re.M | re.S)}
+
+
 @functools.cache
 def expected() -> dict:
-    """The settings the converge applied: inventory values (templated by Ansible), else role defaults."""
-    defaults = {**role_defaults("llmbox_app"), **role_defaults("lxc_host")}
+    """The settings the converge applied: inventory values (templated by Ansible), else role defaults (which
+    name the inventory's shared llmbox_* variables, rendered with their values)."""
+    import jinja2
+
+    defaults = {**role_defaults("llmbox_app"), **role_defaults("lxc_host"), **role_defaults("openwebui")}
     container_vars = ["llmbox_app_ui_enabled", "llmbox_app_user", "llmbox_app_data_dir", "llmbox_app_registry_path",
                       "llmbox_app_registry_mode", "llmbox_app_serve_port", "llmbox_app_api_port", "llmbox_app_ui_port",
-                      "llmbox_app_environment_file", "llmbox_app_api_keys", "llmbox_app_hf_token"]
+                      "llmbox_app_environment_file", "llmbox_app_api_keys", "llmbox_app_hf_token", "openwebui_enabled",
+                      "openwebui_port", "openwebui_user", *SHARED_VARS]
     host_vars = ["lxc_host_container_name", "lxc_host_gpu_passthrough", "lxc_host_gpu_device_dir",
                  "lxc_host_gpu_proc_devices", "lxc_host_data_dir", "lxc_host_unprivileged", "lxc_host_idmap_base",
-                 "lxc_host_idmap_count", "lxc_host_bridge", "lxc_host_container_address", "lxc_host_published_ports"]
+                 "lxc_host_idmap_count", "lxc_host_bridge", "lxc_host_container_address", "lxc_host_published_ports",
+                 "lxc_host_cluster_subnets", "lxc_host_cluster_ports"]
     c = "hostvars[groups['llmbox'][0]]"
     h = "hostvars[groups['lxc_hosts'][0]]"
-    fields = [f"'{v}': {c}.{v} | default('__unset__')" for v in container_vars]
-    fields += [f"'{v}': {h}.{v} | default('__unset__')" for v in host_vars]
-    fields.append(f"'container_host': groups['llmbox'][0], 'container': {c}.ansible_host | default(groups['llmbox'][0])")
-    msg = "{{ {" + ", ".join(fields) + "} | to_json }}"
-    out = run_ansible(["ansible", "localhost", "-m", "ansible.builtin.debug", "-a", f"msg={msg}"])
-    assert out.returncode == 0, f"reading the inventory failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
-    # The ad-hoc (minimal) callback prints "localhost | SUCCESS => {result as JSON}".
-    found = json.loads(json.loads(out.stdout.split("=>", 1)[1])["msg"])
+    fields = {v: f"{c}.{v} | default('__unset__')" for v in container_vars}
+    fields |= {v: f"{h}.{v} | default('__unset__')" for v in host_vars}
+    fields |= {"container_host": "groups['llmbox'][0]", "container": f"{c}.ansible_host | default(groups['llmbox'][0])",
+               "head_cluster_ip": f"{c}.llmbox_cluster_ip | default('')",
+               "worker_hosts": "groups['llmbox_workers'] | default([])"}
+    found = ansible_values("localhost", fields)["localhost"]
+    shared = {k: found[k] for k in SHARED_VARS if found[k] != "__unset__"}
     values = {k: (defaults.get(k) if v == "__unset__" else v) for k, v in found.items()}
+    context = {**values, **shared}
+    values = {k: jinja2.Template(v).render(**context) if isinstance(v, str) and "{{" in v else v
+              for k, v in values.items()}
     if found["llmbox_app_registry_path"] == "__unset__":  # the role's default, spelled out
         values["llmbox_app_registry_path"] = f"{values['llmbox_app_data_dir']}/registry/models.yml"
+    values["head_environment_files"] = [f"{values['llmbox_config_dir']}/ray-head.env",
+                                        values["llmbox_app_environment_file"]]
+    values["workers"] = []
+    if values["worker_hosts"]:
+        workers = ansible_values("llmbox_workers", {
+            "container": "ansible_host | default(inventory_hostname)", "cluster_ip": "llmbox_cluster_ip | default('')",
+            "node_name": "llmbox_node_name | default('')",
+            "environment_file": f"ray_worker_environment_file | default('{values['llmbox_config_dir']}/ray-worker.env')"})
+        values["workers"] = [workers[name] for name in values["worker_hosts"]]
     return values
 
 
@@ -84,9 +117,8 @@ def settings() -> dict:
     return expected()
 
 
-@pytest.fixture(scope="session")
-def container(settings):
-    """A testinfra host whose commands run in the container through lxc-attach."""
+def lxc_host(name: str):
+    """A testinfra host whose commands run in the LXC container NAME through lxc-attach."""
     import testinfra
     from testinfra.backend import base
 
@@ -106,12 +138,21 @@ def container(settings):
             out.command = self.encode(cmd)
             return out
 
-    return testinfra.host.Host(LxcAttachBackend(settings["container"]))
+    return testinfra.host.Host(LxcAttachBackend(name))
+
+
+def journal_of(host, unit: str, lines: int = 80) -> str:
+    """The unit's last log lines in that container, for failure messages."""
+    return host.run(f"journalctl --unit {unit} --lines {lines} --no-pager").stdout
+
+
+@pytest.fixture(scope="session")
+def container(settings):
+    """The head's container (testinfra through lxc-attach)."""
+    return lxc_host(settings["container"])
 
 
 @pytest.fixture(scope="session")
 def journal(container):
     """journal(unit): the unit's last log lines, for failure messages."""
-    def tail(unit: str, lines: int = 80) -> str:
-        return container.run(f"journalctl --unit {unit} --lines {lines} --no-pager").stdout
-    return tail
+    return lambda unit, lines=80: journal_of(container, unit, lines)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import time
 from pathlib import Path
 
 import pytest
@@ -141,6 +142,25 @@ def test_admin_ui_answers_and_asks_for_a_login(container, settings):
     assert status == 200, body
     status, body = http(container, "GET", f"http://127.0.0.1:{settings['llmbox_app_ui_port']}/")
     assert status == 302, body  # to the login page
+
+
+@pytest.mark.skipif(not expected()["openwebui_enabled"], reason="openwebui_enabled is false in the inventory")
+def test_openwebui_runs_hardened_and_answers(container, settings, journal):
+    service = container.service("openwebui.service")
+    assert service.is_running and service.is_enabled, f"openwebui is not active; its journal:\n{journal('openwebui')}"
+    show = container.run("systemctl show openwebui --property=User,NoNewPrivileges,ProtectSystem,CapabilityBoundingSet,"
+                         "SystemCallFilter").stdout
+    props = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    assert (props["User"], props["NoNewPrivileges"], props["ProtectSystem"]) == (settings["openwebui_user"], "yes", "strict")
+    assert props["CapabilityBoundingSet"] == "" and "init_module" not in props["SystemCallFilter"].split()
+    # It takes a while to start (migrations, imports): poll its health endpoint.
+    url, deadline, status = f"http://127.0.0.1:{settings['openwebui_port']}/health", time.monotonic() + 180, ""
+    while time.monotonic() < deadline:
+        status = container.run(f"curl -s -m 10 -o /dev/null -w '%{{http_code}}' {url}").stdout.strip()
+        if status == "200":
+            break
+        time.sleep(5)
+    assert status == "200", f"{url}: {status}; its journal:\n{journal('openwebui')}"
 
 
 def test_registry_has_the_service_owner_and_mode(container, settings):

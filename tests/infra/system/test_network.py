@@ -105,3 +105,36 @@ def test_container_reaches_outside(container):
     """Egress is not filtered: the container resolves and connects out (as its apt and pip did)."""
     out = container.run("python3 -c \"import socket; socket.create_connection(('deb.debian.org', 80), timeout=10)\"")
     assert out.rc == 0, out.stderr
+
+
+def test_ray_ports_are_open_only_from_the_cluster_subnets(settings):
+    """Ray between hosts: its ports pass the filter from lxc_host_cluster_subnets only (and nothing from there
+    is masqueraded); from anywhere else they are dropped like every unpublished port."""
+    subnets = settings["lxc_host_cluster_subnets"]
+    if not subnets:
+        pytest.skip("lxc_host_cluster_subnets is empty in this inventory: no Ray port is opened")
+    table = sh("nft", "list", "table", "ip", "llmbox_lxc").stdout
+    chain = table.split("chain to_container {", 1)[1].split("\n\t}", 1)[0]
+    ports = settings["lxc_host_cluster_ports"]
+    ray = [line.strip() for line in chain.splitlines() if str(ports[0]) in line]
+    assert len(ray) == 1 and ray[0].startswith("ip saddr ") and ray[0].endswith("accept"), chain
+    assert covers(ray[0].split(" tcp dport", 1)[0], subnets), ray[0]
+    masquerade = next(line for line in table.splitlines() if "masquerade" in line)
+    assert covers(masquerade.split("daddr !=", 1)[1], subnets), masquerade
+
+
+def covers(nft_addresses: str, subnets: list[str]) -> bool:
+    """Whether nft's address list (CIDRs or first-last ranges; nft merges adjacent ones) holds each subnet."""
+    import ipaddress
+    import re
+
+    spans = []
+    for item in re.findall(r"\d+\.\d+\.\d+\.\d+(?:/\d+|-\d+\.\d+\.\d+\.\d+)?", nft_addresses):
+        if "-" in item:
+            first, last = (ipaddress.IPv4Address(a) for a in item.split("-"))
+        else:
+            net = ipaddress.IPv4Network(item, strict=False)
+            first, last = net[0], net[-1]
+        spans.append((first, last))
+    return all(any(f <= ipaddress.IPv4Network(s)[0] and ipaddress.IPv4Network(s)[-1] <= l for f, l in spans)
+               for s in subnets)
