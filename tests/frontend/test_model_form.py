@@ -5,8 +5,8 @@ from werkzeug.datastructures import MultiDict
 from frontend.model_form import changes, entry_from_form, form_from_entry
 
 ENTRY = {"id": "chat", "source": "org/chat", "revision": None, "task": "generate", "serve": True, "always_on": False,
-         "idle_timeout_s": None, "memory_gb": 2.5,
-         "engine": {"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 1,
+         "idle_timeout_s": None, "memory_gb": 2.5, "nodes": [],
+         "engine": {"dtype": "float32", "max_model_len": 512, "tensor_parallel_size": 1, "pipeline_parallel_size": 1,
                     "gpu_memory_utilization": None, "enforce_eager": True, "extra_args": {"seed": 1, "a": 2}}}
 
 
@@ -33,6 +33,15 @@ def test_unreadable_fields_are_named():
     _, errors = entry_from_form(form(idle_timeout_s="1.5", memory_gb="lots", engine_extra_args="nope"))
     assert errors == ["idle_timeout_s: '1.5' is not a whole number", "memory_gb: 'lots' is not a number",
                       'engine.extra_args: write a JSON object, e.g. {"max_num_seqs": 8}']
+
+
+def test_node_pins_are_read_as_a_list_and_an_emptied_field_unpins():
+    entry, _ = entry_from_form(form(nodes="gpu-a, gpu-b"))
+    assert changes(ENTRY, entry) == {"nodes": ["gpu-a", "gpu-b"]}
+    pinned = {**ENTRY, "nodes": ["gpu-a"]}
+    assert form_from_entry(pinned)["nodes"] == "gpu-a"
+    entry, _ = entry_from_form(form(nodes=""))
+    assert changes(pinned, entry) == {"nodes": []}
 
 
 def test_engine_env_edits_key_by_key_like_extra_args():
