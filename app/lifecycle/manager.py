@@ -419,9 +419,10 @@ class ModelManager(Loading, Unloading, Watching, Nodes):
         while self._push is not None and not self._push.done():
             await asyncio.shield(self._push)
 
-    def _event(self, kind: str, rt: Runtime, **data: Any) -> None:
+    def _event(self, kind: str, rt: Runtime | None, **data: Any) -> None:
+        """Record an event (of a model, or with ``rt`` None of something else, e.g. a node)."""
         try:
-            self.events.record(kind, model=rt.entry.id, **data)
+            self.events.record(kind, **({"model": rt.entry.id} if rt is not None else {}), **data)
         except OSError as exc:  # the log is a record, not a reason to fail a load
             log.warning("could not write event %s: %s", kind, exc)
 

@@ -67,7 +67,7 @@ class Nodes:
         drained first). Returns what was unloaded; the caller stops the node's Ray afterwards."""
         await self._ready()
         self.leaving.add(node)
-        self._event_node("node_leaving", node)
+        self._event("node_leaving", None, node=node)
         moved = []
         for rt in list(self.models.values()):
             if rt.placement is not None and rt.placement.node == node and rt.state in admission.HELD + admission.COMING:
@@ -80,12 +80,6 @@ class Nodes:
                     self._start_load(rt)
         await self._pushed()
         return {"node": node, "unloaded": moved}
-
-    def _event_node(self, kind: str, node: str) -> None:
-        try:
-            self.events.record(kind, node=node)
-        except OSError as exc:
-            log.warning("could not write event %s: %s", kind, exc)
 
     async def nodes(self) -> list[dict[str, Any]]:
         """Each node with its devices, what is booked there, and its models (for /api/cluster and the UI)."""
